@@ -6,7 +6,6 @@ import os
 os.environ["KVLIB_RANDOM_WEIGHTS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
 
 def pytest_collectstart(collector):
