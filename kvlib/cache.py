@@ -37,9 +37,11 @@ class DynamicKVCache:
         """Append (B, nh, T_new, hs) states to layer `layer_idx`; return all (B, nh, T_total, hs) keys and values."""
         _check_states(key_states, value_states)
         if layer_idx == len(self.key_cache):  # first call for this layer
-            self.key_cache.append(key_states)
-            self.value_cache.append(value_states)
-            return key_states, value_states
+            # Copy: the states are views into the fused q|k|v projection output, and keeping a view keeps that
+            # whole storage alive, queries included (1.5x the bytes of K and V). HF's DynamicCache copies too.
+            self.key_cache.append(key_states.clone(memory_format=torch.contiguous_format))
+            self.value_cache.append(value_states.clone(memory_format=torch.contiguous_format))
+            return self.key_cache[layer_idx], self.value_cache[layer_idx]
         if not 0 <= layer_idx < len(self.key_cache):
             raise ValueError(f"layer_idx must be in 0..{len(self.key_cache)} (layers are filled in order), got {layer_idx}")
         old = self.key_cache[layer_idx]
