@@ -56,7 +56,9 @@ def decode_one_token(
     return model(token[:, None], cache, attention_mask=attention_mask, logits_to_keep=1)[:, -1]
 
 
-@torch.inference_mode()
+# no_grad rather than inference_mode: inference tensors cannot enter a later grad-enabled forward, so
+# `model(generate(...))` would raise.
+@torch.no_grad()
 def generate(
     model: GPT2,
     input_ids: torch.Tensor,
@@ -80,11 +82,11 @@ def generate(
     generation stops when every row is finished. attention_mask (B, T_prompt) marks left padding with 0.
     on_token(tokens (B,)) is called after every step, e.g. to stream text.
     """
-    _check_generate_args(model, input_ids, max_new_tokens, use_cache, cache, eos_token_id, temperature, top_k,
-                         attention_mask)
-    B, T_prompt = input_ids.shape
     if pad_token_id is None:
         pad_token_id = eos_token_id
+    _check_generate_args(model, input_ids, max_new_tokens, use_cache, cache, eos_token_id, pad_token_id, temperature,
+                         top_k, attention_mask)
+    B, T_prompt = input_ids.shape
     kv = make_cache(model, cache, B, T_prompt + max_new_tokens) if use_cache else None
     sequence = input_ids
     mask = attention_mask
@@ -110,8 +112,8 @@ def generate(
     return sequence
 
 
-def _check_generate_args(model, input_ids, max_new_tokens, use_cache, cache, eos_token_id, temperature, top_k,
-                         attention_mask) -> None:
+def _check_generate_args(model, input_ids, max_new_tokens, use_cache, cache, eos_token_id, pad_token_id, temperature,
+                         top_k, attention_mask) -> None:
     if not isinstance(model, GPT2):
         raise TypeError(f"model must be a kvlib.GPT2, got {type(model).__name__}")
     check_input_ids(input_ids, model.config.vocab_size)
@@ -129,8 +131,10 @@ def _check_generate_args(model, input_ids, max_new_tokens, use_cache, cache, eos
         raise ValueError(f"cache must be one of {CACHE_KINDS}, got {cache!r}")
     if not isinstance(use_cache, bool):
         raise TypeError(f"use_cache must be True or False, got {use_cache!r}")
-    if eos_token_id is not None and not 0 <= eos_token_id < model.config.vocab_size:
-        raise ValueError(f"eos_token_id must be in [0, {model.config.vocab_size}), got {eos_token_id}")
+    for name, token_id in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+        if token_id is not None and (isinstance(token_id, bool) or not isinstance(token_id, int)
+                                     or not 0 <= token_id < model.config.vocab_size):
+            raise ValueError(f"{name} must be None or a token id in [0, {model.config.vocab_size}), got {token_id!r}")
     if not isinstance(temperature, (int, float)) or temperature < 0:
         raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
