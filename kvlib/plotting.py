@@ -35,3 +35,425 @@ def save_figure(fig, name: str, directory: str | Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150, bbox_inches="tight")
     return path
+
+
+def plot_kv_bytes_vs_seq_len(seq_lens, bytes_by_model: dict, *, title: str, budgets: dict | None = None):
+    """KV-cache size against cached tokens, one line per model (log-log, GiB).
+
+    seq_lens: token counts (x); bytes_by_model: {label: bytes at each seq_len}; budgets: {label: bytes} drawn
+    as horizontal dotted lines (e.g. a GPU's memory).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, values in bytes_by_model.items():
+        ax.plot(seq_lens, [v / 2**30 for v in values], marker="o", markersize=3, label=label)
+    for label, value in (budgets or {}).items():
+        ax.axhline(value / 2**30, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(label, (seq_lens[0], value / 2**30), textcoords="offset points", xytext=(2, 3), fontsize=8)
+    ax.set(xscale="log", yscale="log", xlabel="cached tokens per sequence (seq_len)", ylabel="KV cache (GiB)",
+           title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cache_vs_weights(tokens, kv_bytes_by_model: dict, weight_bytes_by_model: dict, *, title: str):
+    """KV-cache bytes against batch × seq_len, each model's weights as a dashed line of its colour (GiB, log-log).
+
+    Where a solid line crosses its dashed line the cache outgrows the model; that point is marked.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, values in kv_bytes_by_model.items():
+        (line,) = ax.plot(tokens, [v / 2**30 for v in values], label=f"{label}: KV cache")
+        weights = weight_bytes_by_model[label] / 2**30
+        ax.axhline(weights, color=line.get_color(), linestyle="--", linewidth=1)
+        per_token = values[-1] / tokens[-1] / 2**30  # the cache is linear in tokens
+        ax.plot([weights / per_token], [weights], marker="o", color=line.get_color())
+    ax.set(xscale="log", yscale="log", xlabel="tokens cached = batch × seq_len",
+           ylabel="bytes (GiB); dashed: the model's weights", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_kv_calculator(seq_lens, totals, seq_len: int, total: int, *, title: str, weights: int | None = None):
+    """The memory calculator's picture: KV bytes (GiB) against seq_len, the chosen point marked, weights dashed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(seq_lens, [t / 2**30 for t in totals], label="KV cache")
+    ax.plot([seq_len], [total / 2**30], marker="o", color="C3", label=f"seq_len = {seq_len:,}")
+    if weights is not None:
+        ax.axhline(weights / 2**30, color="grey", linestyle="--", linewidth=1, label="weights")
+    ax.set(xlabel="seq_len (tokens per sequence)", ylabel="bytes (GiB)", title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_step_flops(t, uncached, cached, *, measured: dict | None = None, title: str):
+    """FLOPs of one generation step against the sequence length t it sees, without and with a KV cache.
+
+    uncached, cached: FLOPs per step at each t (plotted in GFLOP). Left panel linear, right panel log scale:
+    on the linear one the cached line hugs zero. measured: {label: (ts, flops)} drawn as markers.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, scale in zip(axes, ("linear", "log")):
+        ax.plot(t, [f / 1e9 for f in uncached], label="without cache (re-feed t tokens)")
+        ax.plot(t, [f / 1e9 for f in cached], label="with KV cache (feed 1 token)")
+        for (label, (ts, flops)), marker in zip((measured or {}).items(), "ox^s"):
+            ax.plot(ts, [f / 1e9 for f in flops], linestyle="none", marker=marker, color="k", markersize=5,
+                    fillstyle="none", label=label)
+        ax.set(yscale=scale, xlabel="sequence length t seen by the step (tokens)", ylabel="GFLOP per step",
+               title=f"{scale} y axis")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cumulative_flops(n, totals: dict, *, fits: dict, fit_range: tuple[int, int], title: str):
+    """Total FLOPs of generating n tokens, log-log, with the fitted power laws (dashed) over fit_range.
+
+    totals: {label: FLOPs at each n}; fits: {label: (slope, intercept)} of log(FLOPs) = slope·log(n) + intercept.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lo, hi = fit_range
+    grid = np.geomspace(lo, hi, 50)
+    for label, values in totals.items():
+        (line,) = ax.plot(n, [v / 1e12 for v in values], label=label)
+        slope, intercept = fits[label]
+        ax.plot(grid, np.exp(intercept) * grid**slope / 1e12, linestyle="--", color=line.get_color(),
+                linewidth=2.5, alpha=0.6, label=f"fit over n = {lo}..{hi}: slope {slope:.2f}")
+    ax.set(xscale="log", yscale="log", xlabel="tokens generated n", ylabel="cumulative TFLOP", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_share(t, shares: dict, *, n_positions: int, crossovers: dict, title: str):
+    """Attention's share of a step's FLOPs (%) against sequence length, crossovers (50 %) marked.
+
+    shares: {label: fraction at each t}; crossovers: {label: t where that share first reaches 50 %}.
+    Lengths past n_positions are shaded: GPT-2 cannot run there, the formula just extends.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (label, values) in enumerate(shares.items()):
+        # Distinct dashes and staggered labels: two of these curves and crossovers nearly coincide.
+        (line,) = ax.plot(t, [100 * v for v in values], label=label, linestyle=("-", "--", ":", "-.")[i % 4],
+                          linewidth=2.5 - 0.5 * (i % 3))
+        if label in crossovers:
+            x = crossovers[label]
+            ax.plot([x], [50], marker="o", color=line.get_color())
+            ax.annotate(f"{x:,}", (x, 50), textcoords="offset points", xytext=(6, -14 - 11 * i), fontsize=8,
+                        color=line.get_color())
+    ax.axhline(50, color="grey", linestyle=":", linewidth=1)
+    ax.axvspan(n_positions, max(t), color="grey", alpha=0.12, label=f"beyond n_positions = {n_positions}")
+    ax.set(xlabel="sequence length t (tokens)", ylabel="attention share of the step's FLOPs (%)", title=title,
+           ylim=(0, 100))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_step_times(t, seconds_by_label: dict, *, title: str):
+    """Measured wall time of each generation step (ms) against the sequence length it sees."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, seconds in seconds_by_label.items():
+        ax.plot(t, [1e3 * s for s in seconds], marker="o", markersize=3, label=label)
+    ax.set(xlabel="sequence length t seen by the step (tokens)", ylabel="step time (ms)", title=title, ylim=(0, None))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_positions_per_step(uncached: list[int], cached: list[int], *, title: str):
+    """Token positions each generation step feeds through the model, and their running total, with and without
+    a KV cache. uncached[s], cached[s]: positions fed at step s (step 0 is the prompt)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    steps = np.arange(len(uncached))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for values, label, marker in ((uncached, "without cache (re-feed everything)", "o"),
+                                  (cached, "with KV cache (prefill, then 1 per step)", "s")):
+        ax1.plot(steps, values, marker=marker, markersize=4, label=label)
+        ax2.plot(steps, np.cumsum(values), marker=marker, markersize=4, label=label)
+    ax1.set(xlabel="generation step", ylabel="token positions processed in the step", ylim=(0, None))
+    ax1.yaxis.get_major_locator().set_params(integer=True)  # counts: whole positions only
+    ax2.set(xlabel="generation step", ylabel="token positions processed so far", ylim=(0, None))
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cache_bytes_per_step(tokens, written: dict, held: dict, *, title: str):
+    """Per decode step: bytes of K/V the cache writes (left, KiB) and bytes it keeps allocated (right, MiB),
+    against the tokens cached after the step. written/held map a label to one value per step."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, values in written.items():
+        ax1.plot(tokens, [v / 2**10 for v in values], marker="o", markersize=3, label=label)
+    for (label, values), style in zip(held.items(), ("-", "--", ":", "-.") * len(held)):
+        # Dashed/dotted so that coinciding series (dynamic allocated = static filled) stay visible.
+        ax2.plot(tokens, [v / 2**20 for v in values], linestyle=style, marker="o", markersize=3, label=label)
+    ax1.set(xlabel="tokens cached after the step", ylabel="K/V bytes written in the step (KiB)", ylim=(0, None))
+    ax2.set(xlabel="tokens cached after the step", ylabel="K/V bytes allocated (MiB)", ylim=(0, None))
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_kv_step_grids(grids: dict, *, title: str):
+    """Side-by-side step × position grids from `kvlib.widgets.kv_step_grid`: which K/V rows every step computes
+    (orange) and reads from the cache (blue). grids maps a panel title to an (S, T) grid."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from .widgets import ABSENT, COMPUTED, READ, STEP_COLORS, STEP_LABELS
+
+    cmap = ListedColormap([STEP_COLORS[ABSENT], STEP_COLORS[READ], STEP_COLORS[COMPUTED]])
+    fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 4), squeeze=False)
+    for ax, (name, grid) in zip(axes[0], grids.items()):
+        ax.imshow(grid, cmap=cmap, vmin=ABSENT, vmax=COMPUTED, aspect="auto", interpolation="nearest")
+        ax.set_xticks(range(grid.shape[1]))
+        ax.set_yticks(range(grid.shape[0]))
+        ax.set_xticks([x - 0.5 for x in range(1, grid.shape[1])], minor=True)
+        ax.set_yticks([y - 0.5 for y in range(1, grid.shape[0])], minor=True)
+        ax.grid(which="minor", color="white", linewidth=1)
+        ax.tick_params(which="minor", length=0, labelsize=7)
+        ax.tick_params(labelsize=7)
+        ax.set(xlabel="token position", ylabel="generation step (0 = prompt)", title=name)
+    handles = [Patch(color=STEP_COLORS[code], label=label) for code, label in STEP_LABELS.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+# ---- timing: records are dicts as kvlib.bench.load_results returns them (Measurement.as_dict()) ----------
+
+TIMING_COLORS = {"uncached": "tab:red", "dynamic": "tab:blue", "static": "tab:green", "static-fixed": "tab:olive",
+                 "static-compiled": "tab:purple", "hf-cached": "tab:orange", "hf-uncached": "tab:brown",
+                 "weight-floor": "grey"}
+
+
+def _timing_rows(records, sweep: str, method: str | None = None, statuses=("ok",)) -> list[dict]:
+    rows = [r for r in records if r["sweep"] == sweep and (method is None or r["method"] == method)
+            and r["status"] in statuses]
+    return sorted(rows, key=lambda r: (r["context"], r["tokens"], r["batch_size"]))
+
+
+def plot_per_token_latency(records, *, title: str):
+    """Milliseconds per decode step against T_total (log y): cached methods as lines with their interquartile
+    band, sampled uncached forwards as points with min–max bars."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for method, color in TIMING_COLORS.items():
+        rows = _timing_rows(records, "per_token", method)
+        if not rows:
+            continue
+        x = [r["context"] for r in rows]
+        med = [1e3 * r["median_s"] for r in rows]
+        if method == "uncached":
+            err = [[max(m - 1e3 * r["min_s"], 0) for m, r in zip(med, rows)],
+                   [max(1e3 * r["max_s"] - m, 0) for m, r in zip(med, rows)]]
+            ax.errorbar(x, med, yerr=err, fmt="o-", color=color, capsize=3, label="uncached (one forward of T_total)")
+        else:
+            ax.plot(x, med, color=color, linewidth=0.8, label=f"{method} cache")
+            ax.fill_between(x, [1e3 * r["q1_s"] for r in rows], [1e3 * r["q3_s"] for r in rows], color=color,
+                            alpha=0.2, linewidth=0)
+    ax.set(yscale="log", xlabel="context: tokens the step attends over (T_total)",
+           ylabel="time per decode step (ms)", title=title)
+    ax.yaxis.set_major_formatter("{x:g}")  # 100, not 10²
+    ax.yaxis.set_minor_formatter("{x:g}")  # labelled by matplotlib only when the range is under a decade
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_generation_length(records, *, title: str):
+    """Total generation time (left) and tokens/s (right) against new tokens, log-log. Dashed hollow markers:
+    uncached totals summed from sampled forwards ("estimated"), not timed."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_r) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method, color in TIMING_COLORS.items():
+        for status, style in (("ok", dict(marker="o", linestyle="-")),
+                              ("estimated", dict(marker="o", linestyle="--", markerfacecolor="none"))):
+            rows = _timing_rows(records, "length", method, (status,))
+            if not rows:
+                continue
+            n = [r["tokens"] for r in rows]
+            label = method + (" (estimated from sampled forwards)" if status == "estimated" else "")
+            ax_t.plot(n, [r["median_s"] for r in rows], color=color, label=label, **style)
+            ax_r.plot(n, [r["tokens_per_s"] for r in rows], color=color, label=label, **style)
+    ax_t.set(xscale="log", yscale="log", xlabel="new tokens generated", ylabel="total time, prefill included (s)")
+    ax_r.set(xscale="log", yscale="log", xlabel="new tokens generated", ylabel="tokens per second")
+    for ax in (ax_t, ax_r):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.yaxis.set_major_formatter("{x:g}")  # 20, not 2×10¹
+        ax.yaxis.set_minor_formatter("")
+    ax_r.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_batch_throughput(records, *, title: str):
+    """Generated tokens/s (all rows together) against batch size; out-of-memory runs marked with an x."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    top = 1.3 * max((r["tokens_per_s"] for r in _timing_rows(records, "batch")), default=1.0)
+    for method, color in TIMING_COLORS.items():
+        rows = _timing_rows(records, "batch", method)
+        if rows:
+            ax.plot([r["batch_size"] for r in rows], [r["tokens_per_s"] for r in rows], "o-", color=color,
+                    label=f"{method} cache")
+        oom = _timing_rows(records, "batch", method, ("oom",))
+        if oom:  # drawn above the measured points, where a throughput would have been
+            ax.plot([r["batch_size"] for r in oom], [top] * len(oom), "x", color=color, markersize=9,
+                    label=f"{method}: out of memory")
+    ax.set(yscale="log", xlabel="batch size (sequences decoded together)",
+           ylabel="generated tokens per second, all rows", title=title)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({r["batch_size"] for r in records if r["sweep"] == "batch"}))
+    ax.xaxis.set_major_formatter("{x:g}")
+    ax.yaxis.set_major_formatter("{x:g}")
+    ax.yaxis.set_minor_formatter("{x:g}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_headline(records, *, title: str):
+    """Tokens/s of every headline method and of the weight-streaming floor (bars; whiskers: min..max run)."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in records if r["sweep"] in ("headline", "floor") and r["status"] == "ok"]
+    rows.sort(key=lambda r: r["tokens_per_s"])
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.2))
+    y = range(len(rows))
+    tps = [r["tokens_per_s"] for r in rows]
+    err = [[max(t - r["tokens"] / r["max_s"], 0) for t, r in zip(tps, rows)],  # max(…, 0): rounding in the CSV
+           [max(r["tokens"] / r["min_s"] - t, 0) for t, r in zip(tps, rows)]]
+    ax.barh(y, tps, xerr=err, color=[TIMING_COLORS.get(r["method"], "grey") for r in rows], capsize=3)
+    names = {"weight-floor": "weight-streaming floor", "hf-cached": "transformers, cache",
+             "hf-uncached": "transformers, no cache", "uncached": "kvlib, no cache"}
+    ax.set_yticks(list(y), [names.get(r["method"], f"kvlib, {r['method']} cache") for r in rows])
+    for i, t in enumerate(tps):
+        ax.annotate(f"{t:.1f}", (t, i), xytext=(4, -3), textcoords="offset points", fontsize=8)
+    ax.set(xlabel="generated tokens per second (batch 1)", title=title)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_dtype_throughput(records, *, title: str, peak_gbps: float | None = None):
+    """Tokens/s per dtype and method (grouped bars), each labelled with its bandwidth as % of the peak."""
+    import matplotlib.pyplot as plt
+
+    rows = _timing_rows(records, "dtype")
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        for i, dtype in enumerate(dtypes):
+            for r in (r for r in rows if r["method"] == method and r["dtype"] == dtype):
+                x = i + (j - (len(methods) - 1) / 2) * width
+                ax.bar(x, r["tokens_per_s"], width, color=TIMING_COLORS.get(method, "grey"),
+                       label=method if i == 0 else None)
+                if peak_gbps and r["bandwidth_gbps"] == r["bandwidth_gbps"]:
+                    ax.annotate(f"{100 * r['bandwidth_gbps'] / peak_gbps:.0f}%", (x, r["tokens_per_s"]),
+                                ha="center", xytext=(0, 2), textcoords="offset points", fontsize=7)
+    ax.set_xticks(range(len(dtypes)), dtypes)
+    ax.set(xlabel="dtype of weights and KV cache", ylabel="generated tokens per second (batch 1)",
+           title=title + ("\nlabels: bandwidth achieved, % of peak" if peak_gbps else ""))
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def timing_figures(records, meta: dict) -> dict:
+    """Every timing figure of one kvlib.bench result, keyed by the name kvlib.bench saves it under."""
+    device = meta["device"]
+    figs = {"headline": plot_headline(records, title=f"GPT-2 decoding speed, {device}"),
+            "per_token": plot_per_token_latency(records, title=f"Time per decode step, {device}")}
+    if any(r["sweep"] == "length" for r in records):
+        figs["vs_length"] = plot_generation_length(records, title=f"Generation time against length, {device}")
+    if any(r["sweep"] == "batch" for r in records):
+        figs["batch"] = plot_batch_throughput(records, title=f"Cached decoding throughput against batch, {device}")
+    if any(r["sweep"] == "dtype" for r in records):
+        figs["dtype"] = plot_dtype_throughput(records, title=f"Decoding speed by dtype, {device}",
+                                              peak_gbps=meta.get("peak_bandwidth_gbps"))
+    return figs
+
+
+def plot_batch_slots(kinds, labels: dict, *, title: str):
+    """A padded batch as a (B, T_total) grid of token slots, coloured by what each holds (kvlib.batching.slot_kinds:
+    left padding, prompt, generated, padding after EOS). labels maps each slot code to its legend text."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colors = ["lightgrey", "tab:blue", "tab:green", "darkgrey"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.22 * kinds.shape[1]), 0.5 * kinds.shape[0] + 1.6))
+    ax.imshow(kinds, cmap=ListedColormap(colors), vmin=0, vmax=3, aspect="auto", interpolation="nearest")
+    ax.set_xticks([x - 0.5 for x in range(1, kinds.shape[1])], minor=True)
+    ax.set_yticks([y - 0.5 for y in range(1, kinds.shape[0])], minor=True)
+    ax.grid(which="minor", color="white", linewidth=1)
+    ax.tick_params(which="minor", length=0)
+    ax.set_yticks(range(kinds.shape[0]))
+    ax.set(xlabel="position in the batch tensor (token slots)", ylabel="batch row", title=title)
+    fig.legend(handles=[Patch(color=colors[k], label=v) for k, v in labels.items()], loc="lower center",
+               ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
+
+
+def plot_generate_use_cache(new_tokens, tokens_per_s: dict, *, title: str):
+    """Generated tokens per second against the number of new tokens, one line per label (e.g. use_cache=True/False)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, rates in tokens_per_s.items():
+        ax.plot(new_tokens, rates, marker="o", label=label)
+    ax.set(xlabel="new tokens generated (max_new_tokens)", ylabel="generated tokens per second", title=title,
+           ylim=(0, None))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
