@@ -265,6 +265,14 @@ TIMING_COLORS = {"uncached": "tab:red", "dynamic": "tab:blue", "static": "tab:gr
                  "weight-floor": "grey"}
 
 
+def _plain_log_labels(axis) -> None:
+    """Log-axis labels as plain numbers (20, not 2×10¹); minor ticks labelled only on short ranges."""
+    from matplotlib.ticker import LogFormatter
+
+    axis.set_major_formatter("{x:g}")
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+
+
 def _timing_rows(records, sweep: str, method: str | None = None, statuses=("ok",)) -> list[dict]:
     rows = [r for r in records if r["sweep"] == sweep and (method is None or r["method"] == method)
             and r["status"] in statuses]
@@ -293,8 +301,7 @@ def plot_per_token_latency(records, *, title: str):
                             alpha=0.2, linewidth=0)
     ax.set(yscale="log", xlabel="context: tokens the step attends over (T_total)",
            ylabel="time per decode step (ms)", title=title)
-    ax.yaxis.set_major_formatter("{x:g}")  # 100, not 10²
-    ax.yaxis.set_minor_formatter("{x:g}")  # labelled by matplotlib only when the range is under a decade
+    _plain_log_labels(ax.yaxis)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -321,8 +328,7 @@ def plot_generation_length(records, *, title: str):
     ax_r.set(xscale="log", yscale="log", xlabel="new tokens generated", ylabel="tokens per second")
     for ax in (ax_t, ax_r):
         ax.grid(True, which="both", alpha=0.3)
-        ax.yaxis.set_major_formatter("{x:g}")  # 20, not 2×10¹
-        ax.yaxis.set_minor_formatter("")
+        _plain_log_labels(ax.yaxis)
     ax_r.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
@@ -349,8 +355,7 @@ def plot_batch_throughput(records, *, title: str):
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({r["batch_size"] for r in records if r["sweep"] == "batch"}))
     ax.xaxis.set_major_formatter("{x:g}")
-    ax.yaxis.set_major_formatter("{x:g}")
-    ax.yaxis.set_minor_formatter("{x:g}")
+    _plain_log_labels(ax.yaxis)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -372,8 +377,8 @@ def plot_headline(records, *, title: str):
     names = {"weight-floor": "weight-streaming floor", "hf-cached": "transformers, cache",
              "hf-uncached": "transformers, no cache", "uncached": "kvlib, no cache"}
     ax.set_yticks(list(y), [names.get(r["method"], f"kvlib, {r['method']} cache") for r in rows])
-    for i, t in enumerate(tps):
-        ax.annotate(f"{t:.1f}", (t, i), xytext=(4, -3), textcoords="offset points", fontsize=8)
+    for i, (t, up) in enumerate(zip(tps, err[1])):
+        ax.annotate(f"{t:.1f}", (t + up, i), xytext=(6, -3), textcoords="offset points", fontsize=8)  # past the whisker
     ax.set(xlabel="generated tokens per second (batch 1)", title=title)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
