@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import timing
+from . import compiled, timing
 from .config import GPT2_SIZES, GPT2Config
 from .generation import generate
 from .loading import random_gpt2
@@ -114,7 +114,7 @@ def headline(model: GPT2, s: Settings, compiled_step=None, progress: bool = True
     device = model.lm_head.weight.device
     ids = timing.random_prompt(model, 1, s.prompt_len)
     hf = model.to_hf()
-    fixed = timing.FixedShapeKVCache(model.config, 1, s.prompt_len + s.new_tokens, dtype=model.lm_head.weight.dtype,
+    fixed = compiled.FixedShapeKVCache(model.config, 1, s.prompt_len + s.new_tokens, dtype=model.lm_head.weight.dtype,
                                      device=device) if compiled_step else None
     runners = {
         "dynamic": lambda n: generate(model, ids, n, cache="dynamic"),
@@ -126,7 +126,7 @@ def headline(model: GPT2, s: Settings, compiled_step=None, progress: bool = True
     }
     one_pass, floor_bytes = weight_pass(model)
     if compiled_step:
-        runners["static-compiled"] = lambda n: timing.generate_fixed_shape(model, ids, n, step=compiled_step,
+        runners["static-compiled"] = lambda n: compiled.generate_fixed_shape(model, ids, n, step=compiled_step,
                                                                            cache=fixed)
     extra = {}
     outputs = {}
@@ -189,7 +189,7 @@ def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, pro
     """Everything one invocation measures, as a JSON-ready dict (meta, summary) plus the Measurement list."""
     t0 = time.perf_counter()
     device = model.lm_head.weight.device
-    step = timing.compile_decode_step(compile_mode) if compile_mode is not None else None
+    step = compiled.compile_decode_step(compile_mode) if compile_mode is not None else None
     records, extra = headline(model, s, step, progress)
     if sweeps:
         cl = min(s.context_len, model.config.n_positions)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kvlib
-from kvlib import bench, timing
+from kvlib import bench, compiled, timing
 
 
 def well_formed(r: timing.Measurement) -> bool:
@@ -85,10 +85,10 @@ def test_context_grid():
 def test_fixed_shape_decode_gives_generate_tokens(tiny_model, batch_size):
     ids = timing.random_prompt(tiny_model, batch_size, 7, seed=3)
     expected = kvlib.generate(tiny_model, ids, 25)
-    cache = timing.FixedShapeKVCache(tiny_model.config, batch_size, 40, dtype=torch.float32, device="cpu")
-    assert torch.equal(timing.generate_fixed_shape(tiny_model, ids, 25, cache=cache), expected)
+    cache = compiled.FixedShapeKVCache(tiny_model.config, batch_size, 40, dtype=torch.float32, device="cpu")
+    assert torch.equal(compiled.generate_fixed_shape(tiny_model, ids, 25, cache=cache), expected)
     # The same buffers again, stale values and all: slots past each position are masked, never read.
-    assert torch.equal(timing.generate_fixed_shape(tiny_model, ids, 25, cache=cache), expected)
+    assert torch.equal(compiled.generate_fixed_shape(tiny_model, ids, 25, cache=cache), expected)
 
 
 def test_compiled_fixed_shape_decode_gives_generate_tokens(tiny_model):
@@ -96,9 +96,9 @@ def test_compiled_fixed_shape_decode_gives_generate_tokens(tiny_model):
     aot_eager runs it through AOTAutograd's functionalization of the in-place cache writes. Inductor's code
     generation is left to the GPU benchmark: it takes over half a minute even for this tiny model here."""
     torch._dynamo.reset()
-    step = timing.compile_decode_step(mode=None, backend="aot_eager")
+    step = compiled.compile_decode_step(mode=None, backend="aot_eager")
     ids = timing.random_prompt(tiny_model, 2, 5, seed=4)
-    assert torch.equal(timing.generate_fixed_shape(tiny_model, ids, 20, step=step), kvlib.generate(tiny_model, ids, 20))
+    assert torch.equal(compiled.generate_fixed_shape(tiny_model, ids, 20, step=step), kvlib.generate(tiny_model, ids, 20))
 
 
 def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tiny_model, monkeypatch):
@@ -165,8 +165,8 @@ def test_argument_errors(tiny_model):
     with pytest.raises(ValueError, match="sampled"):
         timing.per_token_latency_sweep(tiny_model, methods=("uncached",), progress=False)
     with pytest.raises(ValueError, match="slots"):
-        cache = timing.FixedShapeKVCache(tiny_model.config, 1, 5, dtype=torch.float32, device="cpu")
-        timing.generate_fixed_shape(tiny_model, ids, 8, cache=cache)
+        cache = compiled.FixedShapeKVCache(tiny_model.config, 1, 5, dtype=torch.float32, device="cpu")
+        compiled.generate_fixed_shape(tiny_model, ids, 8, cache=cache)
 
 
 def test_quick_bench_runs_end_to_end(tmp_path, capsys):
