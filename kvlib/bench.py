@@ -101,11 +101,7 @@ def weight_streaming_floor(model: GPT2, repeats: int = 5, warmup: int = 1) -> ti
     one_pass, nbytes = weight_pass(model)
     samples = timing.measure(one_pass, model.lm_head.weight.device, repeats, warmup)
     return timing.summarize(samples, sweep="floor", method="weight-floor", batch_size=1, context=0, tokens=1,
-                            dtype=_dtype_name(model), bytes_per_step=nbytes)
-
-
-def _dtype_name(model: GPT2) -> str:
-    return str(model.lm_head.weight.dtype).removeprefix("torch.")
+                            dtype=timing.dtype_name(model), bytes_per_step=nbytes)
 
 
 def headline(model: GPT2, s: Settings, compiled_step=None, progress: bool = True) -> tuple[list, dict]:
@@ -148,7 +144,7 @@ def headline(model: GPT2, s: Settings, compiled_step=None, progress: bool = True
     nbytes = {k: float("nan") if "uncached" in k else timing.bytes_per_decode_step(model, mean_kv) for k in samples}
     nbytes["weight-floor"] = floor_bytes
     records = [timing.summarize(v, sweep="floor" if k == "weight-floor" else "headline", method=k, batch_size=1,
-                                context=s.prompt_len + s.new_tokens - 1, tokens=s.new_tokens, dtype=_dtype_name(model),
+                                context=s.prompt_len + s.new_tokens - 1, tokens=s.new_tokens, dtype=timing.dtype_name(model),
                                 bytes_per_step=nbytes[k]) for k, v in samples.items()]
     ref = outputs.pop("dynamic").cpu()
     outputs.pop("weight-floor")

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import GPT2Config
 from .generation import decode_one_token, make_cache
 from .compiled import FixedShapeKVCache, generate_fixed_shape
+from .memory import bytes_per_token_for_config
 from .model import GPT2
 
 METHODS = ("uncached", "dynamic", "static", "static-compiled")
@@ -144,7 +144,8 @@ def oom_record(**fields) -> Measurement:
     return Measurement(status="oom", **fields)
 
 
-def _dtype_name(model: GPT2) -> str:
+def dtype_name(model: GPT2) -> str:
+    """The model's dtype as plain text ("float32"), for records and file names."""
     return str(model.lm_head.weight.dtype).removeprefix("torch.")
 
 
@@ -164,15 +165,10 @@ def weight_bytes(model: GPT2) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if p is not wpe)
 
 
-def kv_bytes_per_token(config: GPT2Config, dtype: torch.dtype) -> int:
-    """Bytes of K and V that one cached token holds, all layers: 2 × L × nh × hs × bytes per element."""
-    return 2 * config.n_layer * config.n_kv_head * config.head_dim * torch.finfo(dtype).bits // 8
-
-
 def bytes_per_decode_step(model: GPT2, kv_tokens: float, batch_size: int = 1) -> float:
     """Weights + the K/V of `kv_tokens` tokens per row, which a cached decode step reads (weights once per batch)."""
     dtype = model.lm_head.weight.dtype
-    return weight_bytes(model) + batch_size * kv_tokens * kv_bytes_per_token(model.config, dtype)
+    return weight_bytes(model) + batch_size * kv_tokens * bytes_per_token_for_config(model.config, dtype)
 
 
 def peak_bandwidth_gbps(device_name: str) -> float | None:
@@ -254,7 +250,7 @@ def timed_generations(model: GPT2, input_ids: torch.Tensor, max_new_tokens: int,
 def step_records(model: GPT2, runs: list[list[float]], method: str, input_ids: torch.Tensor) -> list[Measurement]:
     """Per-step medians over runs: one "prefill" record, then one "per_token" record per T_total."""
     B, T_prompt = input_ids.shape
-    base = dict(method=method, batch_size=B, dtype=_dtype_name(model))
+    base = dict(method=method, batch_size=B, dtype=dtype_name(model))
     steps = list(zip(*runs))  # steps[i]: the samples of step i
     fixed_slots = T_prompt + len(steps) - 1 if method.startswith("static-") else None
     records = [summarize(list(steps[0]), sweep="prefill", context=T_prompt, tokens=1, **base)]
@@ -277,7 +273,7 @@ def length_records(model: GPT2, runs: list[list[float]], method: str, input_ids:
         mean_kv = T_prompt + (n - 1) / 2  # a step's KV grows from T_prompt to T_prompt + n - 1 tokens
         nbytes = NAN if method == "uncached" else bytes_per_decode_step(model, mean_kv, B)
         records.append(summarize([sum(run[:n]) for run in runs], sweep=sweep, method=method, batch_size=B,
-                                 context=T_prompt + n - 1, tokens=n, dtype=_dtype_name(model), bytes_per_step=nbytes))
+                                 context=T_prompt + n - 1, tokens=n, dtype=dtype_name(model), bytes_per_step=nbytes))
     return records
 
 
@@ -303,7 +299,7 @@ def time_uncached_forward(model: GPT2, contexts: list[int], *, batch_size: int =
         ids = random_prompt(model, batch_size, t, seed=t)
         samples = measure(lambda: model(ids, logits_to_keep=1), device, repeats, warmup)
         records.append(summarize(samples, sweep="per_token", method="uncached", batch_size=batch_size, context=t,
-                                 tokens=1, dtype=_dtype_name(model)))
+                                 tokens=1, dtype=dtype_name(model)))
     return records
 
 
@@ -388,7 +384,7 @@ def generation_sweep(model: GPT2, *, sweep: str, batch_sizes: list[int] = (1,), 
                                          compiled_step=compiled_step, progress=progress)
                 return length_records(model, runs, method, ids, [new_tokens], sweep=sweep)
             records += _guarded(run, sweep=sweep, method=method, batch_size=B, context=prompt_len + new_tokens - 1,
-                                tokens=new_tokens, dtype=_dtype_name(model))
+                                tokens=new_tokens, dtype=dtype_name(model))
     return records
 
 

@@ -119,8 +119,8 @@ def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tiny_model, monkeypatch
 
 
 def test_bytes_and_peaks(tiny_model):
-    assert timing.kv_bytes_per_token(kvlib.GPT2Config(), torch.float32) == 73_728  # GPT-2 small, REFERENCES
-    assert timing.kv_bytes_per_token(kvlib.GPT2Config(), torch.bfloat16) == 36_864
+    assert kvlib.memory.bytes_per_token_for_config(kvlib.GPT2Config(), torch.float32) == 73_728  # GPT-2 small, REFERENCES
+    assert kvlib.memory.bytes_per_token_for_config(kvlib.GPT2Config(), torch.bfloat16) == 36_864
     params = sum(p.numel() for p in tiny_model.parameters())  # the tied LM head counted once
     assert timing.weight_bytes(tiny_model) == 4 * (params - tiny_model.transformer.wpe.weight.numel())
     c = tiny_model.config
