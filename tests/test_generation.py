@@ -90,6 +90,21 @@ def test_generation_stops_after_eos_and_streams_tokens(tiny_model):
     assert streamed == out[0, 4:].tolist()
 
 
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generated_ids_can_train_the_model(tiny_model, use_cache):
+    # generate runs under inference_mode; what it returns and streams must still be ordinary tensors, usable in a
+    # grad-enabled forward (an inference tensor saved for backward would raise there).
+    streamed = []
+    out = kvlib.generate(tiny_model, prompt_ids(tiny_model, T=4), 3, use_cache=use_cache, on_token=streamed.append)
+    assert not out.is_inference() and not any(t.is_inference() for t in streamed)
+    loss = tiny_model(out).logsumexp(-1).mean() + tiny_model(torch.stack(streamed, 1)).mean()
+    loss.backward()
+    assert tiny_model.transformer.wte.weight.grad is not None
+    # and a no-grad forward after generate still uses (and may rebuild) the CPU LM-head copy without complaint
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model(out), tiny_model(out.clone()))
+
 def test_max_new_tokens_zero_returns_prompt(tiny_model):
     ids = prompt_ids(tiny_model, T=4)
     assert torch.equal(kvlib.generate(tiny_model, ids, 0), ids)

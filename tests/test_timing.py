@@ -154,6 +154,17 @@ def test_weight_streaming_floor(tiny_model):
     assert r.bytes_per_step == 4 * (c.n_layer * 12 * c.n_embd**2 + c.vocab_size * c.n_embd)  # 12C² per block
 
 
+def test_weight_pass_with_an_op_between_products_runs_one_gelu_per_matrix(tiny_model):
+    plain, nbytes = bench.weight_pass(tiny_model)
+    with_gelu, same_bytes = bench.weight_pass(tiny_model, op_between=True)
+    counts = []
+    for one_pass in (plain, with_gelu):
+        with torch.profiler.profile() as prof:
+            one_pass()
+        counts.append(sum(e.count for e in prof.key_averages() if e.key == "aten::gelu"))
+    assert counts == [0, 4 * tiny_model.config.n_layer] and nbytes == same_bytes
+
+
 def test_argument_errors(tiny_model):
     ids = timing.random_prompt(tiny_model, 1, 4)
     with pytest.raises(ValueError, match="method must be one of"):
@@ -183,6 +194,8 @@ def test_quick_bench_runs_end_to_end(tmp_path, capsys):
     assert json.loads((tmp_path / f"timing_{stem}.json").read_text())["settings"]["context_len"] == 128
     assert len(records) == len(result["records"])
     sweeps = {r["sweep"] for r in records}
-    assert sweeps == {"headline", "floor", "per_token", "prefill", "length", "batch"}
+    assert sweeps == {"headline", "floor", "floor-gap", "per_token", "prefill", "length", "batch"}
+    assert meta["config"]["attn_implementation"] == "sdpa"  # the bench times kvlib's fast path by default
+    assert summary["floor_plus_gelu_ms"] > 0 and "one GELU after each matrix product" in out
     for name in ("headline", "per_token", "vs_length", "batch"):
         assert (tmp_path / f"timing_{name}_{stem}.png").stat().st_size > 10_000
