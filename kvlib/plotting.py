@@ -272,6 +272,15 @@ def _plain_log_labels(axis) -> None:
     axis.set_major_formatter("{x:g}")
     axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
 
+def _finish_log_plot(fig, ax):
+    """Plain y labels on a log axis, a light grid, a small legend, a tight layout: the figure, finished."""
+    _plain_log_labels(ax.yaxis)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 
 def _timing_rows(records, sweep: str, method: str | None = None, statuses=("ok",)) -> list[dict]:
     rows = [r for r in records if r["sweep"] == sweep and (method is None or r["method"] == method)
@@ -301,11 +310,7 @@ def plot_per_token_latency(records, *, title: str):
                             alpha=0.2, linewidth=0)
     ax.set(yscale="log", xlabel="context: tokens the step attends over (T_total)",
            ylabel="time per decode step (ms)", title=title)
-    _plain_log_labels(ax.yaxis)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish_log_plot(fig, ax)
 
 
 def plot_generation_length(records, *, title: str):
@@ -355,11 +360,7 @@ def plot_batch_throughput(records, *, title: str):
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({r["batch_size"] for r in records if r["sweep"] == "batch"}))
     ax.xaxis.set_major_formatter("{x:g}")
-    _plain_log_labels(ax.yaxis)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish_log_plot(fig, ax)
 
 
 def plot_headline(records, *, title: str):
