@@ -201,12 +201,7 @@ def plot_positions_per_step(uncached: list[int], cached: list[int], *, title: st
     ax1.set(xlabel="generation step", ylabel="token positions processed in the step", ylim=(0, None))
     ax1.yaxis.get_major_locator().set_params(integer=True)  # counts: whole positions only
     ax2.set(xlabel="generation step", ylabel="token positions processed so far", ylim=(0, None))
-    for ax in (ax1, ax2):
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish_side_by_side(fig, (ax1, ax2), title)
 
 
 def plot_cache_bytes_per_step(tokens, written: dict, held: dict, *, title: str):
@@ -222,12 +217,7 @@ def plot_cache_bytes_per_step(tokens, written: dict, held: dict, *, title: str):
         ax2.plot(tokens, [v / 2**20 for v in values], linestyle=style, marker="o", markersize=3, label=label)
     ax1.set(xlabel="tokens cached after the step", ylabel="K/V bytes written in the step (KiB)", ylim=(0, None))
     ax2.set(xlabel="tokens cached after the step", ylabel="K/V bytes allocated (MiB)", ylim=(0, None))
-    for ax in (ax1, ax2):
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish_side_by_side(fig, (ax1, ax2), title)
 
 
 def plot_kv_step_grids(grids: dict, *, title: str):
@@ -277,6 +267,16 @@ def _finish_log_plot(fig, ax):
     _plain_log_labels(ax.yaxis)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _finish_side_by_side(fig, axes, title: str):
+    """A light grid and a small legend on every panel, one title above them: the figure, finished."""
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
