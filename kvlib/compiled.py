@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from .config import GPT2Config
 from .model import GPT2
@@ -59,7 +58,7 @@ def fixed_shape_forward(model: GPT2, input_ids: torch.Tensor, input_pos: torch.T
     x = tr.wte(input_ids) + tr.wpe(input_pos)  # (B, T_new, C)
     for block in tr.h:
         x = block(x, mask, cache)  # (B, T_new, C)
-    return F.linear(tr.ln_f(x[:, -1]), model.lm_head.weight)  # (B, V)
+    return model.lm_head(tr.ln_f(x[:, -1]))  # (B, V)
 
 
 def fixed_shape_decode_step(model: GPT2, token: torch.Tensor, input_pos: torch.Tensor,

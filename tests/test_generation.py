@@ -163,3 +163,16 @@ def test_config_validation():
         kvlib.GPT2Config(attn_implementation="flash")
     with pytest.raises(ValueError, match="known sizes"):
         kvlib.GPT2Config.from_name("gpt5")
+
+
+def test_lm_head_cpu_copy_equals_linear_and_follows_weight_changes(tiny_model):
+    """Inference on CPU multiplies by a (C, V) copy of the tied (V, C) weight; it must never go stale."""
+    x = torch.randn(2, 3, tiny_model.config.n_embd)
+    head = tiny_model.lm_head
+    for change in (lambda: None, lambda: tiny_model.transformer.wte.weight.mul_(2.0),  # in place: same pointer
+                   lambda: tiny_model.double(), lambda: tiny_model.float()):  # new storage and dtype
+        with torch.no_grad():
+            change()
+            got = head(x.to(head.weight.dtype))
+            assert got.dtype == head.weight.dtype
+            torch.testing.assert_close(got, torch.nn.functional.linear(x.to(head.weight.dtype), head.weight))
