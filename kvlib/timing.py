@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .generation import decode_one_token, make_cache
-from .compiled import FixedShapeKVCache, generate_fixed_shape
+from .compiled import FixedShapeKVCache, compile_decode_step, generate_fixed_shape
 from .memory import bytes_per_token_for_config
 from .model import GPT2
 
