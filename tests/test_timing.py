@@ -217,3 +217,27 @@ def test_quick_bench_runs_end_to_end(tmp_path, capsys):
     assert summary["floor_plus_gelu_ms"] > 0 and "one GELU after each matrix product" in out
     for name in ("headline", "per_token", "vs_length", "batch"):
         assert (tmp_path / f"timing_{name}_{stem}.png").stat().st_size > 10_000
+
+
+def test_gpu_bench_pipeline_runs_on_cpu(tiny_model, tmp_path, monkeypatch):
+    """What `--device cuda` adds (the compiled step in the headline and sweeps, the dtype sweep and its figure),
+    run end to end on CPU with aot_eager standing in for inductor: no GPU session here has exercised it."""
+    torch._dynamo.reset()
+    modes, compile_decode_step = [], compiled.compile_decode_step
+
+    def compile_step(mode):
+        modes.append(mode)
+        return compile_decode_step(mode=None, backend="aot_eager")
+
+    monkeypatch.setattr(compiled, "compile_decode_step", compile_step)
+    monkeypatch.setattr(timing, "compile_decode_step", compile_step)
+    s = bench.Settings(**{**bench.QUICK, "repeats": 1, "warmup": 0, "dtypes": ("float32", "float64")})
+    result = bench.run(tiny_model, s, sweeps=True, compile_mode="reduce-overhead", progress=False)
+    assert modes == ["reduce-overhead"] * 3  # the headline's step, then one per dtype
+    summary = result["meta"]["summary"]
+    assert summary["same_tokens"]["static-compiled"] and "static-compiled" in summary["kvlib_percent_of_floor"]
+    assert "compile_and_warmup_s" in summary and "static-compiled" in bench.report(result)
+    dtype_rows = {(r.dtype, r.method) for r in result["records"] if r.sweep == "dtype"}
+    assert dtype_rows == {(d, m) for d in ("float32", "float64") for m in ("dynamic", "static", "static-compiled")}
+    paths = bench.write_results(result, tmp_path)
+    assert {p.name for p in paths} >= {f"timing_{n}_cpu_L2.png" for n in ("headline", "per_token", "dtype")}
