@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from . import compiled, timing
 from .config import ATTN_IMPLEMENTATIONS, GPT2_SIZES, GPT2Config
@@ -142,7 +143,7 @@ def headline(model: GPT2, s: Settings, compiled_step=None, progress: bool = True
         if name == "static-compiled":
             extra["compile_and_warmup_s"] = time.perf_counter() - t0
     samples = {name: [] for name in runners}
-    bar = timing.tqdm(total=s.repeats * len(runners), desc="headline", disable=not progress, leave=False)
+    bar = tqdm(total=s.repeats * len(runners), desc="headline", disable=not progress, leave=False)
     for _ in range(s.repeats):
         for name, run in runners.items():
             samples[name] += timing.measure(lambda: outputs.__setitem__(name, run(s.new_tokens)), device, 1, 0)

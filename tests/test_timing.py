@@ -105,20 +105,6 @@ def test_compiled_fixed_shape_decode_gives_generate_tokens(tiny_model):
     assert torch.equal(compiled.generate_fixed_shape(tiny_model, ids, 20, step=step), kvlib.generate(tiny_model, ids, 20))
 
 
-def test_dtype_sweep_times_the_compiled_step_in_each_dtype(tiny_model, monkeypatch):
-    """The GPU bench's dtype sweep with compile on, run on CPU: aot_eager stands in for inductor (see above)."""
-    torch._dynamo.reset()
-    modes = []
-    monkeypatch.setattr(timing, "compile_decode_step", lambda mode: modes.append(mode) or compiled.compile_decode_step(
-        mode=None, backend="aot_eager"))
-    records = timing.dtype_sweep(tiny_model, [torch.float32, torch.float64], compile_mode="default", new_tokens=3,
-                                 prompt_len=4, repeats=1, warmup=0, progress=False)
-    assert modes == ["default", "default"]  # one compiled step per dtype
-    assert {(r.dtype, r.method) for r in records} == {(d, m) for d in ("float32", "float64")
-                                                      for m in ("dynamic", "static", "static-compiled")}
-    assert all(r.status == "ok" and r.sweep == "dtype" and well_formed(r) for r in records)
-
-
 def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tiny_model, monkeypatch):
     forward = tiny_model.forward
 
@@ -230,7 +216,7 @@ def test_gpu_bench_pipeline_runs_on_cpu(tiny_model, tmp_path, monkeypatch):
         return compile_decode_step(mode=None, backend="aot_eager")
 
     monkeypatch.setattr(compiled, "compile_decode_step", compile_step)
-    monkeypatch.setattr(timing, "compile_decode_step", compile_step)
+    monkeypatch.setattr(timing.sweeps, "compile_decode_step", compile_step)
     s = bench.Settings(**{**bench.QUICK, "repeats": 1, "warmup": 0, "dtypes": ("float32", "float64")})
     result = bench.run(tiny_model, s, sweeps=True, compile_mode="reduce-overhead", progress=False)
     assert modes == ["reduce-overhead"] * 3  # the headline's step, then one per dtype
