@@ -1,40 +1,21 @@
-"""`python -m kvlib.bench`: how fast kvlib decodes, against transformers and against the weight-streaming floor.
-
-One run on one set of seeded random GPT-2-small weights (fp32, batch 1, CPU unless --device) times whole greedy
-generations of the same prompt and the same number of new tokens (no EOS stop): kvlib with a dynamic and a
-static cache and without one, and transformers' `generate` with and without its cache (same weights, via
-model.to_hf()). Methods take turns within each repeat, so background load hits all of them alike.
-
-The weight-streaming floor is one vector-matrix pass over every weight matrix in the layout kvlib computes with
-(the 4L block matrices as `addmm(bias, x, W)` with W (in, out); the LM head as x @ a contiguous (C, V) copy on
-CPU, F.linear on GPU): batch-1 decoding must read all of them once per token, so no decode step can be faster.
-
---out DIR also runs kvlib.timing's sweeps and writes DIR/timing_<slug>.json (device, settings, summary),
-DIR/timing_<slug>.csv (every measurement) and the figures DIR/timing_<figure>_<slug>.png.
---quick shrinks everything (for the notebook and the tests); its files carry a "_quick" suffix.
-"""
+"""What one `python -m kvlib.bench` run measures: the headline generations taking turns, the weight-streaming floor,
+the sweeps, and the summary numbers (see the package docstring)."""
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import os
-import re
 import statistics
 import time
-from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import compiled, timing
-from .config import ATTN_IMPLEMENTATIONS, GPT2_SIZES, GPT2Config
-from .generation import generate
-from .loading import random_gpt2
-from .model import GPT2
-from .plotting import device_label
+from .. import compiled, timing
+from ..generation import generate
+from ..model import GPT2
+from ..plotting import device_label
+from .results import device_slug
 
 TINY = dict(n_layer=2, n_head=4, n_embd=64, n_positions=256, vocab_size=1000)  # --model tiny: for tests
 
@@ -57,19 +38,10 @@ class Settings:
 
 FULL_GPU = dict(uncached_max_new_tokens=1009, batch_sizes=(1, 4, 16, 64, 256), batch_new_tokens=128,
                 dtypes=("float32", "float16", "bfloat16"))
+
+
 QUICK = dict(new_tokens=16, prompt_len=8, repeats=2, context_len=128, uncached_points=5, length_counts=(1, 8, 32, 121),
              uncached_max_new_tokens=16, batch_sizes=(1, 4), batch_new_tokens=8)
-
-
-def device_slug(device: torch.device | str) -> str:
-    """A short file-name tag: "cpu", or the GPU's model ("h100", "a100", "rtx4090")."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return device.type
-    name = re.sub(r"\b(nvidia|geforce|tesla)\b", " ", torch.cuda.get_device_name(device).lower())
-    words = re.split(r"[\s_-]+", name.strip())
-    slug = words[0] + (words[1] if len(words) > 1 and words[0].isalpha() else "") if words else "gpu"
-    return re.sub(r"[^a-z0-9]", "", slug) or "gpu"
 
 
 def hf_generate(hf_model, input_ids: torch.Tensor, new_tokens: int, use_cache: bool) -> torch.Tensor:
@@ -242,126 +214,3 @@ def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, pro
         if r.sweep in ("headline", "floor") and r.bandwidth_gbps == r.bandwidth_gbps}  # NaN (uncached) skipped
     meta["elapsed_s"] = time.perf_counter() - t0
     return {"meta": meta, "records": records}
-
-
-def report(result: dict) -> str:
-    """The headline as text: tokens/s per method with its spread, the ratios and the floor."""
-    meta, recs = result["meta"], result["records"]
-    sm = meta["summary"]
-    s = meta["settings"]
-    lines = [f"kvlib.bench on {meta['device']} (torch {meta['torch']}, transformers {meta['transformers']})",
-             f"weights: {meta['weights']}; {meta['config']['n_layer']} layers, fp32, batch 1, prompt "
-             f"{s['prompt_len']} tokens, {s['new_tokens']} new tokens (greedy, no EOS), median of {s['repeats']}",
-             f"{'method':<18}{'tok/s':>9}{'ms/token':>10}   (min..max tok/s)"]
-    for r in recs:
-        if r.sweep in ("headline", "floor"):
-            label = "weight floor" if r.sweep == "floor" else r.method
-            lines.append(f"{label:<18}{r.tokens_per_s:>9.1f}{1e3 * r.median_s / r.tokens:>10.2f}   "
-                         f"({r.tokens / r.max_s:.1f}..{r.tokens / r.min_s:.1f})")
-    pct = ", ".join(f"{k} {v:.0f}%" for k, v in sm["kvlib_percent_of_floor"].items())
-    if sm["decode_step_percent_of_floor"]:
-        pct += "; decode steps alone (per-token sweep): " + ", ".join(
-            f"{k} {v:.0f}%" for k, v in sm["decode_step_percent_of_floor"].items())
-    lines += [f"kvlib dynamic / transformers cached: {sm['kvlib_dynamic_over_hf_cached']:.2f}x; "
-              f"static / transformers cached: {sm['kvlib_static_over_hf_cached']:.2f}x",
-              f"kvlib cached / uncached: {sm['kvlib_cached_over_uncached']:.2f}x "
-              f"(transformers: {sm['hf_cached_over_uncached']:.2f}x)",
-              f"weight-streaming floor {sm['floor_ms']:.2f} ms/token; kvlib tok/s as % of the floor's: {pct}",
-              f"same greedy tokens as kvlib dynamic: {sm['same_tokens']}",
-              f"the floor with one GELU after each matrix product: {sm['floor_plus_gelu_ms']:.2f} ms/token "
-              f"(+{sm['floor_plus_gelu_ms'] - sm['floor_ms']:.2f} ms for {meta['config']['n_layer'] * 4} tiny ops)",
-              f"targets (reported, not asserted): {sm['targets']}"]
-    lines += [f"{k.replace('_', ' ')}: {v:.1f}x (per-token sweep)" for k, v in sm.items()
-              if k.startswith("uncached_over")]
-    if "compile_and_warmup_s" in sm:
-        lines.append(f"torch.compile + warm-up: {sm['compile_and_warmup_s']:.1f} s")
-    lines.append(f"bandwidth achieved, % of the peak {meta['peak_bandwidth_gbps']:.0f} GB/s "
-                 f"({meta['peak_bandwidth_source']}): "
-                 + ", ".join(f"{k} {v:.0f}%" for k, v in sm["percent_of_peak_bandwidth"].items()))
-    lines.append(f"elapsed {meta['elapsed_s']:.0f} s")
-    return "\n".join(lines)
-
-
-def _stem(meta: dict, quick: bool) -> str:
-    config = meta["config"]
-    model = "" if (config["n_layer"], config["n_embd"]) == (12, 768) else f"_L{config['n_layer']}"  # not GPT-2 small
-    return f"{meta['device_slug']}{model}{'_quick' if quick else ''}"
-
-
-def write_results(result: dict, out_dir: str | Path, quick: bool = False) -> list[Path]:
-    """timing_<slug>.json (meta and summary), timing_<slug>.csv (every Measurement) and the figures."""
-    import matplotlib.pyplot as plt
-
-    from . import plotting
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = _stem(result["meta"], quick)
-    paths = [out_dir / f"timing_{stem}.json", out_dir / f"timing_{stem}.csv"]
-    paths[0].write_text(json.dumps(result["meta"], indent=2, default=str) + "\n")
-    rows = [r.as_dict() for r in result["records"]]
-    with paths[1].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-    meta, records = load_results(paths[0])
-    for name, fig in plotting.timing_figures(records, meta).items():
-        paths.append(plotting.save_figure(fig, f"timing_{name}_{stem}", out_dir))
-        plt.close(fig)
-    return paths
-
-
-def load_results(path: str | Path) -> tuple[dict, list[dict]]:
-    """(meta, records) saved by write_results: the JSON, and the CSV beside it as dicts of numbers and strings."""
-    path = Path(path)
-    meta = json.loads(path.read_text())
-    records = []
-    with path.with_suffix(".csv").open() as f:
-        for row in csv.DictReader(f):
-            for k in ("batch_size", "context", "tokens", "repeats"):
-                row[k] = int(row[k])
-            for k in ("median_s", "min_s", "max_s", "q1_s", "q3_s", "bytes_per_step", "tokens_per_s", "bandwidth_gbps"):
-                row[k] = float(row[k])
-            records.append(row)
-    return meta, records
-
-
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m kvlib.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--model", default="gpt2", choices=(*GPT2_SIZES, "tiny"),
-                   help="the shapes timed, with seeded random weights (tiny: a 2-layer model for tests)")
-    p.add_argument("--attn-implementation", default="sdpa", choices=ATTN_IMPLEMENTATIONS,
-                   help="kvlib's attention (default sdpa, the fused fast path, as transformers' GPT-2 uses; "
-                        "eager: the explicit matmuls the notebooks read)")
-    p.add_argument("--out", help="also run the sweeps and write results and figures to this directory")
-    p.add_argument("--quick", action="store_true", help="small sweeps: about a minute for GPT-2 small on a CPU")
-    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="time torch.compile of the fixed-shape decode step (auto: on a GPU only)")
-    p.add_argument("--repeats", type=int, help="timed repeats per configuration (default 3, quick 2)")
-    p.add_argument("--new-tokens", type=int, help="headline: new tokens per generation (default 128, quick 16)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars on stderr")
-    args = p.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda, but torch sees no GPU")
-    s = Settings(**(FULL_GPU if device.type == "cuda" and not args.quick else {}), **(QUICK if args.quick else {}))
-    if device.type == "cuda" and args.quick:
-        s = replace(s, dtypes=("float32", "bfloat16"))
-    s = replace(s, **{k: v for k, v in (("repeats", args.repeats), ("new_tokens", args.new_tokens)) if v})
-    config = GPT2Config(**TINY) if args.model == "tiny" else GPT2Config.from_name(args.model)
-    config = replace(config, attn_implementation=args.attn_implementation)
-    model = random_gpt2(config).to(device)
-    use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
-    compile_mode = ("reduce-overhead" if device.type == "cuda" else "default") if use_compile else None
-    result = run(model, s, sweeps=args.out is not None, compile_mode=compile_mode, progress=not args.no_progress)
-    print(report(result))
-    if args.out:
-        for path in write_results(result, args.out, quick=args.quick):
-            print(f"wrote {path}")
-    return result
-
-
-if __name__ == "__main__":
-    main()
