@@ -103,6 +103,8 @@ class LMHead(nn.Module):
         if key is not None and self._weight_t_key != key:
             self._weight_t = w.detach().t().contiguous()  # (C, V)
             self._weight_t_key = key
+        if self._weight_t is None:  # compiled before any eager forward built the copy: right, only slower
+            return F.linear(x, w)  # (B, T, V)
         return x @ self._weight_t  # (B, T, V)
 
 

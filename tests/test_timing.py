@@ -105,6 +105,23 @@ def test_compiled_fixed_shape_decode_gives_generate_tokens(tiny_model):
     assert torch.equal(compiled.generate_fixed_shape(tiny_model, ids, 20, step=step), kvlib.generate(tiny_model, ids, 20))
 
 
+def test_compiled_step_is_right_before_any_eager_forward(tiny_model):
+    """Compiled cold, the LM head has no (C, V) copy yet and falls back to F.linear; after an eager forward, the
+    recompiled step reads the copy. Same logits either way."""
+    torch._dynamo.reset()
+    step = compiled.compile_decode_step(mode=None, backend="aot_eager")
+    cache = compiled.FixedShapeKVCache(tiny_model.config, 1, 8, dtype=torch.float32, device="cpu")
+    args = (torch.tensor([3]), torch.tensor([0]), cache)
+    with torch.inference_mode():
+        cold = step(tiny_model, *args)
+        assert tiny_model.lm_head._weight_t is None
+        eager = compiled.fixed_shape_decode_step(tiny_model, *args)
+        assert tiny_model.lm_head._weight_t is not None
+        warm = step(tiny_model, *args)
+    torch.testing.assert_close(cold, eager)
+    assert torch.equal(warm, eager)  # the same (C, V) product as eager
+
+
 def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tiny_model, monkeypatch):
     forward = tiny_model.forward
 
