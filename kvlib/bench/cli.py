@@ -12,6 +12,7 @@ from ..loading import random_gpt2
 from .results import report, write_results
 from .runner import FULL_GPU, QUICK, TINY, Settings, run
 
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m kvlib.bench",
                                 description=sys.modules[__package__].__doc__.split("\n\n")[0])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+
 def device_slug(device: torch.device | str) -> str:
     """A short file-name tag: "cpu", or the GPU's model ("h100", "a100", "rtx4090")."""
     device = torch.device(device)

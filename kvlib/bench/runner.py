@@ -17,6 +17,7 @@ from ..model import GPT2
 from ..plotting import device_label
 from .results import device_slug
 
+
 TINY = dict(n_layer=2, n_head=4, n_embd=64, n_positions=256, vocab_size=1000)  # --model tiny: for tests
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+
 FIGURES_DIR = Path(__file__).resolve().parent.parent.parent / "figures"
 
 

@@ -15,6 +15,7 @@ from ..generation import decode_one_token, make_cache
 from ..memory import bytes_per_token_for_config
 from ..model import GPT2
 
+
 METHODS = ("uncached", "dynamic", "static", "static-compiled")
 
 

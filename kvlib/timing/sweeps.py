@@ -18,6 +18,7 @@ from ..model import GPT2
 from .clock import (METHODS, NAN, Measurement, StepClock, bytes_per_decode_step, dtype_name, measure, oom_record,
                     random_prompt, summarize, synchronize)
 
+
 @torch.inference_mode()
 def _greedy_run(model: GPT2, input_ids: torch.Tensor, max_new_tokens: int, method: str, clock: StepClock,
                 step=None, fixed_cache: FixedShapeKVCache | None = None) -> None:
