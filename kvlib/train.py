@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _phase_summary(history: dict) -> dict:
     """What the model card says of an earlier phase: its settings, cost and scores (not its per-step curve)."""
-    keep = ("train_config", "tokens_seen", "wall_s", "eval_step", "eval_loss", "heldout_ppl", "restricted_vocab",
-            "machine", "init_from")
+    keep = ("train_config", "step", "train_loss", "tokens_seen", "wall_s", "eval_step", "eval_loss", "heldout_ppl",
+            "restricted_vocab", "machine", "init_from")
     return {k: history[k] for k in keep if k in history}
 
 
