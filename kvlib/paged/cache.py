@@ -56,32 +56,28 @@ class PagedKVCache:
         T_k = max(c + q for c, q in zip(context_lens, query_lens))
         device = self.key_cache[0].device
         R = len(block_tables)
-        offsets = torch.arange(S)  # (S,)
-        key_pos = torch.arange(T_k)  # (T_k,)
-        gather = torch.zeros(R, T_k, dtype=torch.long)  # (R, T_k) slot of each gathered key; padding -> slot 0
-        positions = torch.zeros(R, T_new, dtype=torch.long)  # (R, T_new)
-        mask = torch.zeros(R, 1, T_new, T_k, dtype=torch.bool)  # (R, 1, T_new, T_k)
-        write_slots, write_rows = [], []
+        width = max(len(t) for t in block_tables)
         for r, (table, ctx, q) in enumerate(zip(block_tables, context_lens, query_lens)):
             if q <= 0 or ctx < 0:
                 raise ValueError(f"row {r}: query_lens must be >= 1 and context_lens >= 0, got {q} and {ctx}")
             if blocks_needed(ctx + q, S) > len(table):
                 raise ValueError(f"row {r}: {ctx + q} tokens need {blocks_needed(ctx + q, S)} blocks, table has "
                                  f"{len(table)}")
-            slots = (torch.tensor(table)[:, None] * S + offsets).flatten()[: ctx + q]  # (ctx + q,)
-            pad = T_new - q
-            gather[r, : ctx + q] = slots
-            write_slots.append(slots[ctx:])
-            write_rows.append(torch.arange(q) + r * T_new + pad)
-            qpos = torch.arange(ctx, ctx + q)  # (q,) absolute positions of the new tokens
-            positions[r, pad:] = qpos
-            mask[r, 0, pad:] = key_pos[None, :] <= qpos[:, None]  # (q, T_k): causal, all of its cached past
-            mask[r, 0, :pad, 0] = True  # a padding query sees one key, so its (discarded) output stays finite
-        self._write_slots = torch.cat(write_slots).to(device)
-        self._write_rows = torch.cat(write_rows).to(device)
-        self._gather = gather.to(device)
-        self._mask = mask.to(device)
-        self._positions = positions.to(device)
+        tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables])  # (R, width), padded with block 0
+        slots = (tables[:, :, None] * S + torch.arange(S)).view(R, -1)[:, :T_k]  # (R, T_k): slot of token i
+        ctx = torch.tensor(context_lens)[:, None]  # (R, 1)
+        pad = T_new - torch.tensor(query_lens)[:, None]  # (R, 1) left padding per row
+        j = torch.arange(T_new)[None, :]  # (1, T_new)
+        real = j >= pad  # (R, T_new) real new tokens
+        pos = torch.where(real, ctx + j - pad, -1)  # (R, T_new) absolute position, -1 for padding
+        # Causal over the row's own keys; a padding query sees key 0 only, so its (discarded) output stays finite.
+        mask = torch.arange(T_k)[None, None, :] <= pos[:, :, None]  # (R, T_new, T_k)
+        mask[:, :, 0] |= ~real
+        self._write_slots = slots.gather(1, pos.clamp(min=0))[real].to(device)  # (real tokens,)
+        self._write_rows = real.flatten().nonzero().squeeze(1).to(device)  # their rows in (R * T_new)
+        self._gather = slots.to(device)  # padded keys (beyond a row's length) point at valid slots, masked out
+        self._mask = mask[:, None].to(device)  # (R, 1, T_new, T_k)
+        self._positions = pos.clamp(min=0).to(device)  # (R, T_new)
         self._T_new, self._T_k = T_new, T_k
         self._prepared = True
 
