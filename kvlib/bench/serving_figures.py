@@ -20,6 +20,7 @@ def serving_figure(result: dict):
         values.append(hf["tokens_per_s"])
     bars = a.bar(names, values, color=["tab:gray", "tab:blue", "tab:orange"][:len(values)])
     a.bar_label(bars, fmt="%.1f", fontsize=8)
+    a.set_ylim(0, 1.18 * max(values))
     a.set_ylabel("generated tokens / s")
     a.set_title(f"same {len(result['meta']['request_lengths'])} requests, "
                 f"{result['meta']['settings']['budget_tokens']} KV slots", fontsize=9)
