@@ -4,8 +4,8 @@ Every step, within a token budget (`max_num_batched_tokens`) and a row budget (`
 1. running requests first, oldest first: one decode token each, or the next chunk of an unfinished prefill;
    a request whose new tokens need a block when none is free preempts the newest running request (by
    recompute: its blocks are freed and it goes back to the front of the waiting queue), itself if it is the newest;
-2. then waiting requests, in arrival order, while their first chunk fits: prefix-cache hits first (no compute),
-   blocks for the rest.
+2. then waiting requests, in arrival order, while their first chunk fits and leaves a free block for each running
+   request (a watermark against admitting into an immediate preemption): prefix-cache hits first, blocks for the rest.
 A request never preempts an older one, so the oldest always progresses: `add_request` refuses any request that
 could not run alone in the whole pool, so none waits forever.
 """
@@ -72,7 +72,10 @@ class Scheduler:
             seq = self.waiting[0]
             self.block_manager.allocate(seq)  # prefix-cache hits
             n = min(seq.num_uncomputed_tokens, budget)
-            if not self.block_manager.append_slots(seq, n):
+            # Watermark: leave a free block for each running request to grow into next step, so admitting does
+            # not simply cause a preemption (an empty engine admits whatever fits: add_request checked it fits).
+            spare = self.block_manager.num_free_blocks - self.block_manager.num_blocks_to_append(seq, n)
+            if (self.running and spare < len(self.running)) or not self.block_manager.append_slots(seq, n):
                 self.block_manager.free(seq)  # give the hits back; it waits for blocks
                 seq.num_computed_tokens = seq.num_cached_tokens = 0
                 break
