@@ -12,6 +12,9 @@ from .hf import from_dynamic_cache, to_dynamic_cache, to_static_cache
 from .loading import RANDOM_WEIGHTS_ENV, load_gpt2, load_tokenizer, random_gpt2
 from .memory import PRESETS, kv_cache_bytes, kv_cache_bytes_for_config, kv_cache_bytes_per_token
 from .model import GPT2
+from . import paged, serving
+from .paged import PagedKVCache
+from .serving import LLMEngine
 
 __all__ = [
     "GPT2", "GPT2Config", "GPT2_SIZES", "DynamicKVCache", "StaticKVCache", "causal_mask", "eager_attention",
@@ -21,4 +24,5 @@ __all__ = [
     "measure_flops", "to_dynamic_cache", "to_static_cache", "from_dynamic_cache", "left_pad", "padding_waste",
     "batching", "bugs", "flops", "hf", "memory", "trace",
     "SHAKESPEARE_DIR", "perplexity", "evaluate", "shakespeare",
+    "PagedKVCache", "LLMEngine", "paged", "serving",
 ]

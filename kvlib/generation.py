@@ -12,16 +12,23 @@ import torch
 from .cache import DynamicKVCache, KVCache, StaticKVCache
 from .model import GPT2, check_input_ids
 
-CACHE_KINDS = ("dynamic", "static")
+CACHE_KINDS = ("dynamic", "static", "paged")
+PAGED_BLOCK_SIZE = 16  # cache="paged": vLLM's default block size
 
 
 def make_cache(model: GPT2, kind: str, batch_size: int, max_seq_len: int) -> KVCache:
-    """An empty cache of `kind` ("dynamic" or "static") matching the model's dtype and device."""
+    """An empty cache of `kind` ("dynamic", "static" or "paged") matching the model's dtype and device."""
     if kind == "dynamic":
         return DynamicKVCache()
     if kind == "static":
         w = model.lm_head.weight
         return StaticKVCache(model.config, batch_size, max_seq_len, dtype=w.dtype, device=w.device)
+    if kind == "paged":
+        from .paged import PagedKVCache, blocks_needed
+
+        num_blocks = batch_size * blocks_needed(max_seq_len, PAGED_BLOCK_SIZE)
+        w = model.lm_head.weight
+        return PagedKVCache(model.config, num_blocks, PAGED_BLOCK_SIZE, dtype=w.dtype, device=w.device)
     raise ValueError(f"cache must be one of {CACHE_KINDS}, got {kind!r}")
 
 

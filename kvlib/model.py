@@ -162,6 +162,8 @@ class GPT2(nn.Module):
         position_ids: (B or 1, T_new); derived from the cache length (and the padding mask) when omitted.
         """
         check_input_ids(input_ids, self.config.vocab_size)
+        _check_forward_inputs(self.config, input_ids.shape, past_key_values, attention_mask, position_ids,
+                              logits_to_keep)
         B, T_new = input_ids.shape
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         T_total = past_len + T_new
@@ -233,6 +235,44 @@ def check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
     low, high = int(input_ids.min()), int(input_ids.max())
     if low < 0 or high >= vocab_size:
         raise ValueError(f"token ids must be in [0, {vocab_size}), got values in [{low}, {high}]")
+
+
+def _check_forward_inputs(config: GPT2Config, shape: torch.Size, past_key_values, attention_mask, position_ids,
+                          logits_to_keep) -> None:
+    """Clear errors for the forward's optional inputs, before anything deep inside trips over them."""
+    B, T_new = shape
+    if past_key_values is not None and not (hasattr(past_key_values, "update")
+                                            and hasattr(past_key_values, "get_seq_length")):
+        hint = (" (the legacy tuple-of-tuples format was removed, as in transformers 5: wrap it with "
+                "kvlib.to_dynamic_cache or build a kvlib.DynamicKVCache)" if isinstance(past_key_values, (tuple, list))
+                else "")
+        raise TypeError("past_key_values must be None or a cache with update() and get_seq_length() "
+                        f"(kvlib.DynamicKVCache, StaticKVCache, PagedKVCache), got {type(past_key_values).__name__}{hint}")
+    if position_ids is not None:
+        if not isinstance(position_ids, torch.Tensor):
+            raise TypeError(f"position_ids must be an integer tensor of shape (batch or 1, {T_new}), got "
+                            f"{type(position_ids).__name__}")
+        if position_ids.dtype not in (torch.long, torch.int32):
+            raise TypeError(f"position_ids must be torch.long (or int32), got {position_ids.dtype}")
+        if position_ids.dim() not in (1, 2) or position_ids.shape[-1] != T_new or (
+                position_ids.dim() == 2 and position_ids.shape[0] not in (1, B)):
+            raise ValueError(f"position_ids must be (batch or 1, T_new) = ({B} or 1, {T_new}), got "
+                             f"{tuple(position_ids.shape)}")
+        if position_ids.numel() and (int(position_ids.min()) < 0 or int(position_ids.max()) >= config.n_positions):
+            raise ValueError(f"position_ids must be in [0, n_positions={config.n_positions}), got values in "
+                             f"[{int(position_ids.min())}, {int(position_ids.max())}]")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
+        if attention_mask.dim() == 4 and (attention_mask.shape[0] not in (1, B)
+                                          or attention_mask.shape[1] not in (1, config.n_head)):
+            raise ValueError(f"a 4-D attention_mask must be (batch or 1, 1 or n_head, T_new, T_total) with batch={B}, "
+                             f"n_head={config.n_head}; got {tuple(attention_mask.shape)}")
+        if attention_mask.dim() == 2 and attention_mask.dtype != torch.bool and attention_mask.numel() and not bool(
+                ((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("a 2-D attention_mask must hold only 1 (token) and 0 (padding)")
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be an int >= 0 (0 keeps every position), got {logits_to_keep!r}")
 
 
 def _mask_and_positions(

@@ -132,7 +132,7 @@ def test_bad_generate_input_says_what_is_wrong(tiny_model, make_args, error, mat
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [(dict(cache="paged"), "cache must be one of"), (dict(temperature=-1.0), "temperature"),
+    [(dict(cache="pagedd"), "cache must be one of"), (dict(temperature=-1.0), "temperature"),
      (dict(top_k=0), "top_k"), (dict(eos_token_id=1000), "eos_token_id"),
      (dict(eos_token_id=3, pad_token_id=-1), "pad_token_id")],
 )

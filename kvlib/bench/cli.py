@@ -14,6 +14,11 @@ from .runner import FULL_GPU, QUICK, TINY, Settings, run
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serving"]:  # python -m kvlib.bench serving ...: continuous batching vs static, paged memory
+        from .serving import main as serving_main
+
+        return serving_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m kvlib.bench",
                                 description=sys.modules[__package__].__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")

@@ -1,0 +1,5 @@
+"""Continuous batching over a paged KV cache: `LLMEngine` (add_request, step), its `Scheduler` (waiting and
+running queues, chunked prefill, preemption by recompute) and `ModelRunner` (one batched forward per step)."""
+from .engine import EngineStats, LLMEngine, RequestOutput
+from .model_runner import ModelRunner
+from .scheduler import ScheduledBatch, Scheduler
