@@ -195,7 +195,7 @@ def plot_kv_step_grids(grids: dict, *, title: str):
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    from ..widgets import ABSENT, COMPUTED, READ, STEP_COLORS, STEP_LABELS
+    from ..stepgrid import ABSENT, COMPUTED, READ, STEP_COLORS, STEP_LABELS
 
     cmap = ListedColormap([STEP_COLORS[ABSENT], STEP_COLORS[READ], STEP_COLORS[COMPUTED]])
     fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 4), squeeze=False)
