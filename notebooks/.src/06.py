@@ -411,7 +411,7 @@ N_EOS = N_BATCH
 runs = [s[len(e):] for s, e in zip(solo, encoded)]  # each prompt's new tokens when run alone (section 6)
 def only_in_row(r, step):  # new to row r at this step, and never emitted by another row
     return runs[r][step] not in runs[r][:step] and all(runs[r][step] not in runs[o] for o in range(len(runs)) if o != r)
-found = next(((step, r) for step in range(1, N_EOS - 1) for r in range(len(runs)) if only_in_row(r, step)), None)
+found = next(((step, r) for step in [*range(1, N_EOS - 1), 0] for r in range(len(runs)) if only_in_row(r, step)), None)
 assert found is not None, "no row emits a token the other rows never emit: try other prompts"
 eos_step, eos_row = found
 EOS = runs[eos_row][eos_step]
