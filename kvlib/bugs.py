@@ -5,9 +5,13 @@ that real serving hits, which is why the test that catches it must compare cache
 that case (chunked prefill, a second request, a long buffer):
 
 (a) `unoffset_causal_mask`: the causal mask for a chunk after a prefix takes rows [0, T_new) of the full
-    triangle instead of [T_total - T_new, T_total). Harmless for a one-shot prefill; wrong for every later chunk.
+    triangle instead of [T_total - T_new, T_total). Harmless for a one-shot prefill; wrong for every later chunk,
+    and for every decode step in code that masks every forward (`mask_every_forward=True`): the new token then
+    sees key 0 only.
 (b) `restarting_position_ids`: each forward numbers its tokens from 0 again instead of from the cache length.
-(c) `WholeBufferStaticKVCache`: a preallocated cache returning its whole buffer, unfilled zero slots included.
+(c) `WholeBufferStaticKVCache`: attention over unmasked empty slots: a preallocated cache returns its whole
+    buffer, unfilled zero slots included, and nothing masks them (transformers' StaticCache and gpt-fast return
+    the whole buffer too, and mask the empty slots).
 (d) `no_causal_mask`: every query sees every key, the future included. Harmless for one decode token.
 (e) `top_left_causal_sdpa`: SDPA with `is_causal=True`, whose triangle is aligned top-left: with T_q=1, T_k=5
     the one new query sees only key 0. Run a model with it inside `swap_attention(...)`.
@@ -112,14 +116,18 @@ def forward_chunk(
     *,
     mask_fn: MaskFn = causal_mask,
     position_fn: PositionFn = offset_position_ids,
+    mask_every_forward: bool = False,
 ) -> torch.Tensor:
     """Feed chunk (B, T_new) through the cache with an explicit mask and positions; logits (B, T_new, V).
 
-    Like kvlib's own model, a single new token gets no mask: it comes after every cached key.
+    Like kvlib's own model, a single new token gets no mask (it comes after every cached key), unless
+    mask_every_forward=True: then mask_fn is applied to every forward, one-token decode steps included, as the
+    from-scratch engine's post does (which is how its un-offset mask, bug (a), shows in plain decoding).
     """
     past_len = cache.get_seq_length()
     T_new = chunk.shape[1]
-    mask = mask_fn(T_new, past_len + T_new, chunk.device)[None, None] if T_new > 1 else None  # (1, 1, T_new, T_total)
+    masked = T_new > 1 or mask_every_forward
+    mask = mask_fn(T_new, past_len + T_new, chunk.device)[None, None] if masked else None  # (1, 1, T_new, T_total)
     positions = position_fn(past_len, T_new, chunk.device)[None]  # (1, T_new)
     return model(chunk, cache, attention_mask=mask, position_ids=positions)
 
@@ -133,6 +141,7 @@ def cached_logits(
     *,
     mask_fn: MaskFn = causal_mask,
     position_fn: PositionFn = offset_position_ids,
+    mask_every_forward: bool = False,
 ) -> torch.Tensor:
     """Logits (B, T, V) for input_ids (B, T) fed through `cache` in chunks of `chunk_sizes` (summing to T).
 
@@ -144,7 +153,8 @@ def cached_logits(
     logits, start = [], 0
     for size in sizes:
         chunk = input_ids[:, start:start + size]  # (B, size)
-        logits.append(forward_chunk(model, chunk, cache, mask_fn=mask_fn, position_fn=position_fn))
+        logits.append(forward_chunk(model, chunk, cache, mask_fn=mask_fn, position_fn=position_fn,
+                                    mask_every_forward=mask_every_forward))
         start += size
     return torch.cat(logits, dim=1)  # (B, T, V)
 
@@ -164,6 +174,7 @@ def cached_greedy(
     prompt_chunks: Sequence[int] | None = None,
     mask_fn: MaskFn = causal_mask,
     position_fn: PositionFn = offset_position_ids,
+    mask_every_forward: bool = False,
 ) -> GreedyOutput:
     """Greedy decoding through `cache`: prefill (in `prompt_chunks`, default one chunk), then one token per step.
 
@@ -176,14 +187,15 @@ def cached_greedy(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     chunks = [input_ids.shape[1]] if prompt_chunks is None else prompt_chunks
-    logits = [cached_logits(model, input_ids, cache, chunks, mask_fn=mask_fn, position_fn=position_fn)]
+    pieces = dict(mask_fn=mask_fn, position_fn=position_fn, mask_every_forward=mask_every_forward)
+    logits = [cached_logits(model, input_ids, cache, chunks, **pieces)]
     sequence = input_ids
     for _ in range(max_new_tokens):
         token = logits[-1][:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
         sequence = torch.cat([sequence, token], dim=1)  # (B, T + 1)
         if sequence.shape[1] == input_ids.shape[1] + max_new_tokens:
             break  # the last token needs no forward of its own
-        logits.append(forward_chunk(model, token, cache, mask_fn=mask_fn, position_fn=position_fn))  # (B, 1, V)
+        logits.append(forward_chunk(model, token, cache, **pieces))  # (B, 1, V)
     return GreedyOutput(sequence, torch.cat(logits, dim=1))
 
 

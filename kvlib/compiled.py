@@ -9,15 +9,18 @@ S slots of the fixed-shape cache.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from .config import GPT2Config
 from .model import GPT2
 
-if TYPE_CHECKING:
-    from .timing import StepClock
+
+class StepMarker(Protocol):
+    """Anything with a mark() called after the prefill and after every step (kvlib.timing.StepClock is one)."""
+
+    def mark(self) -> None: ...
 
 
 class FixedShapeKVCache:
@@ -74,7 +77,7 @@ def compile_decode_step(mode: str | None = "reduce-overhead", backend: str = "in
 
 @torch.inference_mode()
 def generate_fixed_shape(model: GPT2, input_ids: torch.Tensor, max_new_tokens: int, *, step=None,
-                         cache: FixedShapeKVCache | None = None, clock: StepClock | None = None) -> torch.Tensor:
+                         cache: FixedShapeKVCache | None = None, clock: StepMarker | None = None) -> torch.Tensor:
     """Greedy (B, T_prompt + max_new_tokens) through a FixedShapeKVCache: an eager prefill, then `step`
     (fixed_shape_decode_step or its compiled form) per token. clock.mark() follows the prefill and every step.
 

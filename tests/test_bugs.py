@@ -50,6 +50,18 @@ def test_a_unoffset_mask_hides_behind_one_shot_prefill(tiny_model, ids, referenc
     assert max_diff(logits, reference) < MATCH
 
 
+def test_a_unoffset_mask_fails_plain_decoding_when_every_forward_is_masked(tiny_model, ids, reference):
+    # The from-scratch engine's version slices its mask on every forward, one-token decode steps included: each
+    # new token then sees key 0 only. kvlib's choice of no mask for T_new == 1 is what hides the bug above.
+    one_shot = (8, 1, 1, 1)
+    correct = bugs.cached_logits(tiny_model, ids, kvlib.DynamicKVCache(), one_shot, mask_every_forward=True)
+    broken = bugs.cached_logits(tiny_model, ids, kvlib.DynamicKVCache(), one_shot, mask_fn=bugs.unoffset_causal_mask,
+                                mask_every_forward=True)
+    assert max_diff(correct, reference) < MATCH  # the offset mask is right for a single token too
+    assert max_diff(broken[:, :8], reference[:, :8]) < MATCH  # the prefill: nothing cached, still right
+    assert max_diff(broken[:, 8:], reference[:, 8:]) > DIFFER  # every decode step: wrong
+
+
 def test_a_unoffset_mask_rows():
     good, bad = kvlib.causal_mask(2, 5), bugs.unoffset_causal_mask(2, 5)
     assert good.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]

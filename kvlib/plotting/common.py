@@ -1,6 +1,7 @@
 """What every figure shares: where figures are saved, how the device is named, how a figure is finished."""
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent.parent / "figures"
+WRITE_FIGURES_ENV = "KVLIB_WRITE_FIGURES"  # set to 1 to let the notebooks write their figures under figures/
 
 
 def device_label(device: torch.device | str | None = None) -> str:
@@ -26,9 +28,18 @@ def device_label(device: torch.device | str | None = None) -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} threads"
 
 
-def save_figure(fig, name: str, directory: str | Path | None = None) -> Path:
-    """Save `fig` as figures/<name>.png (150 dpi) and return the path."""
-    path = Path(directory or FIGURES_DIR) / f"{name}.png"
+def save_figure(fig, name: str, directory: str | Path | None = None) -> Path | None:
+    """Save `fig` as <directory>/<name>.png (150 dpi) when asked, and return the path; otherwise return None.
+
+    Asked means: an explicit `directory` (kvlib.bench --out), or the environment variable KVLIB_WRITE_FIGURES=1
+    (then figures/<name>.png). Without either nothing is written, so running the notebooks or the tests never
+    changes a tracked file; the notebook still shows the figure inline.
+    """
+    if directory is None:
+        if os.environ.get(WRITE_FIGURES_ENV, "") != "1":
+            return None
+        directory = FIGURES_DIR
+    path = Path(directory) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150, bbox_inches="tight")
     return path

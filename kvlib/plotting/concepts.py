@@ -5,24 +5,38 @@ from __future__ import annotations
 from .common import finish_side_by_side
 
 
-def plot_kv_bytes_vs_seq_len(seq_lens, bytes_by_model: dict, *, title: str, budgets: dict | None = None):
+def plot_kv_bytes_vs_seq_len(seq_lens, bytes_by_model: dict, *, title: str, budgets: dict | None = None,
+                             context_limits: dict | None = None):
     """KV-cache size against cached tokens, one line per model (log-log, GiB).
 
     seq_lens: token counts (x); bytes_by_model: {label: bytes at each seq_len}; budgets: {label: bytes} drawn
-    as horizontal dotted lines (e.g. a GPU's memory).
+    as horizontal dotted lines (e.g. a GPU's memory); context_limits: {label: the model's context length},
+    marked on its line with a dot, the line drawn thin past it (the model cannot run there).
     """
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    xs = np.asarray(seq_lens, dtype=float)
     for label, values in bytes_by_model.items():
-        ax.plot(seq_lens, [v / 2**30 for v in values], marker="o", markersize=3, label=label)
+        ys = np.asarray(values, dtype=float) / 2**30
+        limit = (context_limits or {}).get(label)
+        if limit is None:
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+            continue
+        inside = xs <= limit
+        (line,) = ax.plot(xs[inside], ys[inside], marker="o", markersize=3, label=f"{label} (context {limit:,})")
+        at_limit = ys[-1] / xs[-1] * limit  # the cache is linear in tokens
+        ax.plot(np.r_[limit, xs[~inside]], np.r_[at_limit, ys[~inside]], color=line.get_color(), linewidth=0.8,
+                linestyle=":")
+        ax.plot([limit], [at_limit], marker="D", markersize=7, color=line.get_color(), markeredgecolor="k")
     for label, value in (budgets or {}).items():
-        ax.axhline(value / 2**30, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(label, (seq_lens[0], value / 2**30), textcoords="offset points", xytext=(2, 3), fontsize=8)
+        ax.axhline(value / 2**30, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(label, (xs[0], value / 2**30), textcoords="offset points", xytext=(2, 3), fontsize=8)
     ax.set(xscale="log", yscale="log", xlabel="cached tokens per sequence (seq_len)", ylabel="KV cache (GiB)",
            title=title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title="diamond: the context limit; dotted: beyond it", title_fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -112,32 +126,33 @@ def plot_cumulative_flops(n, totals: dict, *, fits: dict, fit_range: tuple[int, 
     return fig
 
 
-def plot_attention_share(t, shares: dict, *, n_positions: int, crossovers: dict, title: str):
-    """Attention's share of a step's FLOPs (%) against sequence length, crossovers (50 %) marked.
+def plot_attention_share(t, panels: dict, *, n_positions: int, crossovers: dict, title: str):
+    """Attention's share of a step's FLOPs (%) against sequence length, one panel per definition of "the rest".
 
-    shares: {label: fraction at each t}; crossovers: {label: t where that share first reaches 50 %}.
-    Lengths past n_positions are shaded: GPT-2 cannot run there, the formula just extends.
+    panels: {panel title: {label: fraction at each t}}; crossovers: {label: t where that share first reaches
+    50 %}, marked. Lengths past n_positions are shaded: GPT-2 cannot run there, the formula just extends.
     """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, (label, values) in enumerate(shares.items()):
-        # Distinct dashes and staggered labels: two of these curves and crossovers nearly coincide.
-        (line,) = ax.plot(t, [100 * v for v in values], label=label, linestyle=("-", "--", ":", "-.")[i % 4],
-                          linewidth=2.5 - 0.5 * (i % 3))
-        if label in crossovers:
-            x = crossovers[label]
-            ax.plot([x], [50], marker="o", color=line.get_color())
-            ax.annotate(f"{x:,}", (x, 50), textcoords="offset points", xytext=(6, -14 - 11 * i), fontsize=8,
-                        color=line.get_color())
-    ax.axhline(50, color="grey", linestyle=":", linewidth=1)
-    ax.axvspan(n_positions, max(t), color="grey", alpha=0.12, label=f"beyond n_positions = {n_positions}")
-    ax.set(xlabel="sequence length t (tokens)", ylabel="attention share of the step's FLOPs (%)", title=title,
-           ylim=(0, 100))
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, (panel, shares) in zip(axes[0], panels.items()):
+        for i, (label, values) in enumerate(shares.items()):
+            (line,) = ax.plot(t, [100 * v for v in values], label=label, linestyle=("-", "--")[i % 2], linewidth=2)
+            if label in crossovers:
+                x = crossovers[label]
+                ax.plot([x], [50], marker="o", color=line.get_color())
+                ax.annotate(f"{x:,}", (x, 50), textcoords="offset points", xytext=(6, -14), fontsize=8,
+                            color=line.get_color())
+        ax.axhline(50, color="grey", linestyle=":", linewidth=1)
+        ax.axvspan(n_positions, max(t), color="grey", alpha=0.12, label=f"beyond n_positions = {n_positions}")
+        ax.set(xlabel="sequence length t (tokens)", title=panel, ylim=(0, 100))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0][0].set_ylabel("attention share of the step's FLOPs (%)")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
+
 
 
 def plot_step_times(t, seconds_by_label: dict, *, title: str):
@@ -173,18 +188,20 @@ def plot_positions_per_step(uncached: list[int], cached: list[int], *, title: st
 
 
 def plot_cache_bytes_per_step(tokens, written: dict, held: dict, *, title: str):
-    """Per decode step: bytes of K/V the cache writes (left, KiB) and bytes it keeps allocated (right, MiB),
-    against the tokens cached after the step. written/held map a label to one value per step."""
+    """Per decode step: bytes of K/V the cache writes (left) and bytes it keeps allocated (right), both in KiB,
+    against the tokens cached after the step. written/held map a label to one value per step; series that
+    coincide must be given as one label (e.g. "held by both kinds"), so no line hides under another."""
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 4))
     for label, values in written.items():
         ax1.plot(tokens, [v / 2**10 for v in values], marker="o", markersize=3, label=label)
-    for (label, values), style in zip(held.items(), ("-", "--", ":", "-.") * len(held)):
-        # Dashed/dotted so that coinciding series (dynamic allocated = static filled) stay visible.
-        ax2.plot(tokens, [v / 2**20 for v in values], linestyle=style, marker="o", markersize=3, label=label)
-    ax1.set(xlabel="tokens cached after the step", ylabel="K/V bytes written in the step (KiB)", ylim=(0, None))
-    ax2.set(xlabel="tokens cached after the step", ylabel="K/V bytes allocated (MiB)", ylim=(0, None))
+    for label, values in held.items():
+        ax2.plot(tokens, [v / 2**10 for v in values], marker="o", markersize=3, label=label)
+    ax1.set(xlabel="tokens cached after the step", ylabel="K/V bytes written in the step (KiB)", ylim=(0, None),
+            title="written per step")
+    ax2.set(xlabel="tokens cached after the step", ylabel="K/V bytes allocated (KiB)", ylim=(0, None),
+            title="allocated after the step")
     return finish_side_by_side(fig, (ax1, ax2), title)
 
 
@@ -195,7 +212,7 @@ def plot_kv_step_grids(grids: dict, *, title: str):
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    from ..widgets import ABSENT, COMPUTED, READ, STEP_COLORS, STEP_LABELS
+    from ..stepgrid import ABSENT, COMPUTED, READ, STEP_COLORS, STEP_LABELS
 
     cmap = ListedColormap([STEP_COLORS[ABSENT], STEP_COLORS[READ], STEP_COLORS[COMPUTED]])
     fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 4), squeeze=False)
