@@ -513,15 +513,17 @@ assert first and caught and fixed
 # %% [markdown]
 ### Summary: the equality check catches every bug
 
-Every broken variant moves the logits far beyond float rounding (more than 100 × the tolerance), and the text
-with them:
+Every broken variant moves the logits far beyond float rounding (more than 100 × the tolerance). Most change the
+text too, but not all: this small model's greedy text keeps repeating itself, and a bug can shift every logit
+without changing which token wins. That is why the check compares logits with the uncached oracle, not only text:
 
 # %%
 for name, (equal, diff) in results.items():
     print(f"{name:42s} text == naive: {equal!s:5}  logits beyond {TOL:g}: {diff > TOL}")
 
 # %%
-assert len(results) == 7 and all(not equal and diff > 100 * TOL for equal, diff in results.values())
+assert len(results) == 7 and all(diff > 100 * TOL for _, diff in results.values())  # logits: every bug caught
+assert sum(not equal for equal, _ in results.values()) >= 4  # text: most bugs visibly change it
 
 # %% [markdown]
 ## 7. Step through it
