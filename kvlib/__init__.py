@@ -1,6 +1,6 @@
 """kvlib: GPT-2 inference with and without a KV cache, small enough to read and correct against transformers."""
-from . import batching, bugs, flops, hf, memory, trace
-from .attention import causal_mask, eager_attention, sdpa_attention
+from . import batching, bugs, flops, gqa, hf, memory, trace
+from .attention import causal_mask, eager_attention, sdpa_attention, sliding_window_mask
 from .batching import left_pad, padding_waste
 from .cache import DynamicKVCache, StaticKVCache
 from .config import GPT2_SIZES, GPT2Config
@@ -18,4 +18,5 @@ __all__ = [
     "kv_cache_bytes_for_config", "PRESETS", "FlopCount", "forward_flops", "step_flops", "generation_flops",
     "measure_flops", "to_dynamic_cache", "to_static_cache", "from_dynamic_cache", "left_pad", "padding_waste",
     "batching", "bugs", "flops", "hf", "memory", "trace",
+    "gqa", "sliding_window_mask",
 ]
