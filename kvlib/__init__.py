@@ -10,6 +10,7 @@ from .hf import from_dynamic_cache, to_dynamic_cache, to_static_cache
 from .loading import RANDOM_WEIGHTS_ENV, load_gpt2, load_tokenizer, random_gpt2
 from .memory import PRESETS, kv_cache_bytes, kv_cache_bytes_for_config, kv_cache_bytes_per_token
 from .model import GPT2
+from .sliding_window import SlidingWindowKVCache
 
 __all__ = [
     "GPT2", "GPT2Config", "GPT2_SIZES", "DynamicKVCache", "StaticKVCache", "causal_mask", "eager_attention",
@@ -18,5 +19,5 @@ __all__ = [
     "kv_cache_bytes_for_config", "PRESETS", "FlopCount", "forward_flops", "step_flops", "generation_flops",
     "measure_flops", "to_dynamic_cache", "to_static_cache", "from_dynamic_cache", "left_pad", "padding_waste",
     "batching", "bugs", "flops", "hf", "memory", "trace",
-    "gqa", "sliding_window_mask",
+    "gqa", "sliding_window_mask", "SlidingWindowKVCache",
 ]

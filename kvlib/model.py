@@ -185,6 +185,14 @@ class GPT2(nn.Module):
                 "the longest sequence GPT-2's position embeddings cover"
             )
         mask, positions = _mask_and_positions(input_ids, past_len, attention_mask, position_ids)
+        if hasattr(past_key_values, "check_config"):  # caches built from a config (windowed, quantized)
+            past_key_values.check_config(self.config)
+        if getattr(past_key_values, "builds_attention_mask", False):
+            # A cache that keeps only some keys (SlidingWindowKVCache) knows which, so it builds the mask over them.
+            if attention_mask is not None:
+                raise ValueError(f"{type(past_key_values).__name__} builds its own banded mask: pass no attention_mask "
+                                 "(padded batches are not supported with it)")
+            mask = past_key_values.attention_mask(T_new, device=input_ids.device)  # (T_new, kept + T_new)
         x = self.transformer.wte(input_ids) + self.transformer.wpe(positions)  # (B, T_new, C)
         for block in self.transformer.h:
             x = block(x, mask, past_key_values)  # (B, T_new, C)
