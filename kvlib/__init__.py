@@ -1,5 +1,5 @@
 """kvlib: GPT-2 inference with and without a KV cache, small enough to read and correct against transformers."""
-from . import batching, bugs, flops, gqa, hf, memory, trace
+from . import batching, bugs, flops, gqa, hf, memory, quantization, trace
 from .attention import causal_mask, eager_attention, sdpa_attention, sliding_window_mask
 from .batching import left_pad, padding_waste
 from .cache import DynamicKVCache, StaticKVCache
@@ -10,6 +10,7 @@ from .hf import from_dynamic_cache, to_dynamic_cache, to_static_cache
 from .loading import RANDOM_WEIGHTS_ENV, load_gpt2, load_tokenizer, random_gpt2
 from .memory import PRESETS, kv_cache_bytes, kv_cache_bytes_for_config, kv_cache_bytes_per_token
 from .model import GPT2
+from .quantized_cache import QuantizedKVCache
 from .sliding_window import SlidingWindowKVCache
 
 __all__ = [
@@ -19,5 +20,5 @@ __all__ = [
     "kv_cache_bytes_for_config", "PRESETS", "FlopCount", "forward_flops", "step_flops", "generation_flops",
     "measure_flops", "to_dynamic_cache", "to_static_cache", "from_dynamic_cache", "left_pad", "padding_waste",
     "batching", "bugs", "flops", "hf", "memory", "trace",
-    "gqa", "sliding_window_mask", "SlidingWindowKVCache",
+    "gqa", "sliding_window_mask", "SlidingWindowKVCache", "QuantizedKVCache", "quantization",
 ]
