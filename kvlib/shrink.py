@@ -33,14 +33,19 @@ def windows(ids: torch.Tensor, context: int, n: int | None = None) -> torch.Tens
 
 
 @torch.inference_mode()
-def token_nll(model: GPT2, x: torch.Tensor, mask: torch.Tensor | None = None, batch_size: int = 8) -> torch.Tensor:
-    """Negative log-likelihood (B, T-1) of each next token in x (B, T), uncached; mask: (T, T) boolean or None."""
-    out = []
+def window_nll(model: GPT2, x: torch.Tensor, mask: torch.Tensor | None = None,
+               batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """NLL (B, T-1) of each next token of x (B, T), uncached, and the argmax prediction (B, T-1) at each position.
+
+    mask: a (T, T) boolean attention mask (e.g. sliding_window_mask) or None for causal attention.
+    """
+    nll, top1 = [], []
     for chunk in x.split(batch_size):
         m = None if mask is None else mask[None, None]  # (1, 1, T, T)
-        logits = model(chunk, attention_mask=m)  # (b, T, V)
-        out.append(F.cross_entropy(logits[:, :-1].transpose(1, 2), chunk[:, 1:], reduction="none"))  # (b, T-1)
-    return torch.cat(out)
+        logits = model(chunk, attention_mask=m)[:, :-1]  # (b, T-1, V)
+        nll.append(F.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none"))  # (b, T-1)
+        top1.append(logits.argmax(-1))
+    return torch.cat(nll), torch.cat(top1)
 
 
 def perplexity_of(nll: torch.Tensor) -> float:
@@ -126,11 +131,13 @@ def sweep(model: GPT2, ids: torch.Tensor, *, n_windows: int, quant_windows: int,
                     "quant_windows": int(xq.shape[0]), "heldout_tokens": int(ids.numel())}
     tic = time.perf_counter()
     result["gqa"] = []
+    _, top1_full = window_nll(model, x)
     for n_kv in reversed(gqa.allowed_n_kv_heads(c.n_head)):
         pooled = gqa.mean_pool_kv_heads(model, n_kv)
-        nll = token_nll(pooled, x)
+        nll, top1 = window_nll(pooled, x)
         ppl = perplexity_of(nll)
         result["gqa"].append({"n_kv_head": n_kv, "group": c.n_head // n_kv, "perplexity": ppl,
+                              "top1_agreement": float((top1 == top1_full).float().mean()),
                               "window_nll": [float(v) for v in nll.double().mean(1)]})
         log(f"GQA n_kv_head={n_kv}: perplexity {ppl:.2f}")
     result["gqa_s"] = time.perf_counter() - tic
@@ -170,10 +177,11 @@ def sweep(model: GPT2, ids: torch.Tensor, *, n_windows: int, quant_windows: int,
     result["window"] = {"window": window, "sinks": sinks, "per_position_nll": {}, "perplexity": {},
                         "perplexity_beyond_window": {}, "window_nll": {}}
     for name, mask in masks.items():
-        nll = token_nll(model, x, mask)  # (B, T-1): position t predicts token t+1
+        nll, top1 = window_nll(model, x, mask)  # (B, T-1): position t predicts token t+1
         result["window"]["per_position_nll"][name] = [float(v) for v in nll.double().mean(0)]
         result["window"]["perplexity"][name] = perplexity_of(nll)
         result["window"]["window_nll"][name] = [float(v) for v in nll.double().mean(1)]
+        result["window"].setdefault("top1_agreement", {})[name] = float((top1 == top1_full).float().mean())
         result["window"]["perplexity_beyond_window"][name] = perplexity_of(nll[:, window:])
         log(f"{name}: perplexity {perplexity_of(nll):.3f} (positions >= {window}: {perplexity_of(nll[:, window:]):.3f})")
     result["first_token_attention"] = first_token_attention(model, x[:8])
