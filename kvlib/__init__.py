@@ -1,9 +1,11 @@
 """kvlib: GPT-2 inference with and without a KV cache, small enough to read and correct against transformers."""
-from . import batching, bugs, flops, gqa, hf, memory, quantization, trace
+from . import batching, bugs, evaluate, flops, gqa, hf, memory, quantization, shakespeare, trace
 from .attention import causal_mask, eager_attention, sdpa_attention, sliding_window_mask
 from .batching import left_pad, padding_waste
 from .cache import DynamicKVCache, StaticKVCache
+from .checkpoint import SHAKESPEARE_DIR
 from .config import GPT2_SIZES, GPT2Config
+from .evaluate import perplexity
 from .flops import FlopCount, forward_flops, generation_flops, measure_flops, step_flops
 from .generation import decode_one_token, generate, make_cache, prefill, sample_next_token
 from .hf import from_dynamic_cache, to_dynamic_cache, to_static_cache
@@ -20,5 +22,6 @@ __all__ = [
     "kv_cache_bytes_for_config", "PRESETS", "FlopCount", "forward_flops", "step_flops", "generation_flops",
     "measure_flops", "to_dynamic_cache", "to_static_cache", "from_dynamic_cache", "left_pad", "padding_waste",
     "batching", "bugs", "flops", "hf", "memory", "trace",
+    "SHAKESPEARE_DIR", "perplexity", "evaluate", "shakespeare",
     "gqa", "sliding_window_mask", "SlidingWindowKVCache", "QuantizedKVCache", "quantization",
 ]

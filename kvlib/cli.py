@@ -20,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=40, help="at most this many new tokens (default 40)")
     gen.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
     gen.add_argument("--cache", choices=CACHE_KINDS, default="dynamic", help="KV-cache kind (default dynamic)")
-    gen.add_argument("--model", default="gpt2", help=f"one of {', '.join(GPT2_SIZES)} or a local checkpoint directory")
+    gen.add_argument("--model", default="gpt2", help=f"shakespeare (ships with kvlib), one of {', '.join(GPT2_SIZES)} "
+                     "(real GPT-2 weights), or a local checkpoint directory (default gpt2)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
@@ -36,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --device {args.device!r} is not a device name: use cpu, cuda or cuda:N ({e})")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda was asked for, but this PyTorch build sees no CUDA GPU; use --device cpu")
-    model, tokenizer = load_gpt2(args.model, device=device)
+    try:
+        model, tokenizer = load_gpt2(args.model, device=device)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"error: {e}")
     input_ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)
     if input_ids.numel() == 0:
         raise SystemExit("error: --prompt is empty; give some text to continue")

