@@ -199,7 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sinks", type=int, default=4)
     p.add_argument("--group-size", type=int, default=16)
     p.add_argument("--residual-length", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: this model's ops are tiny, and a second thread mostly waits)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     from .loading import load_gpt2
     from .shakespeare import heldout_ids
 
