@@ -1,6 +1,6 @@
 """kvlib: GPT-2 inference with and without a KV cache, small enough to read and correct against transformers."""
-from . import batching, bugs, evaluate, flops, hf, memory, shakespeare, trace
-from .attention import causal_mask, eager_attention, sdpa_attention
+from . import batching, bugs, evaluate, flops, gqa, hf, memory, quantization, shakespeare, trace
+from .attention import causal_mask, eager_attention, sdpa_attention, sliding_window_mask
 from .batching import left_pad, padding_waste
 from .cache import DynamicKVCache, StaticKVCache
 from .checkpoint import SHAKESPEARE_DIR
@@ -15,6 +15,8 @@ from .model import GPT2
 from . import paged, serving
 from .paged import PagedKVCache
 from .serving import LLMEngine
+from .quantized_cache import QuantizedKVCache
+from .sliding_window import SlidingWindowKVCache
 
 __all__ = [
     "GPT2", "GPT2Config", "GPT2_SIZES", "DynamicKVCache", "StaticKVCache", "causal_mask", "eager_attention",
@@ -25,4 +27,5 @@ __all__ = [
     "batching", "bugs", "flops", "hf", "memory", "trace",
     "SHAKESPEARE_DIR", "perplexity", "evaluate", "shakespeare",
     "PagedKVCache", "LLMEngine", "paged", "serving",
+    "gqa", "sliding_window_mask", "SlidingWindowKVCache", "QuantizedKVCache", "quantization",
 ]

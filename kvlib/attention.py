@@ -25,6 +25,33 @@ def causal_mask(T_new: int, T_total: int, device: torch.device | str | None = No
     return cols <= rows  # (T_new, T_total)
 
 
+def sliding_window_mask(
+    T_new: int, T_total: int, window: int, sink_tokens: int = 0, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Boolean (T_new, T_total) banded causal mask: the query at position p sees keys p - window < j <= p (its
+    last `window` tokens, itself included) and the first `sink_tokens` keys j < sink_tokens (attention sinks).
+
+    Rows are absolute positions (T_total - T_new) + i, as in causal_mask; window >= T_total gives causal_mask.
+    """
+    check_window(window, sink_tokens)
+    if T_new > T_total:
+        raise ValueError(f"T_new ({T_new}) cannot exceed T_total ({T_total})")
+    rows = torch.arange(T_new, device=device)[:, None] + (T_total - T_new)  # (T_new, 1) absolute positions
+    cols = torch.arange(T_total, device=device)[None, :]  # (1, T_total)
+    return (cols <= rows) & ((cols > rows - window) | (cols < sink_tokens))  # (T_new, T_total)
+
+
+def check_window(window: int, sink_tokens: int) -> None:
+    """Raise unless window is an int >= 1 and sink_tokens an int with 0 <= sink_tokens < window."""
+    for name, value in (("window", window), ("sink_tokens", sink_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if window < 1:
+        raise ValueError(f"window must be >= 1 (the tokens each query sees, itself included), got {window}")
+    if not 0 <= sink_tokens < window:
+        raise ValueError(f"sink_tokens must be in [0, window) = [0, {window}), got {sink_tokens}")
+
+
 def eager_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:

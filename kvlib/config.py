@@ -13,6 +13,7 @@ GPT2_SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+_KVLIB_ONLY = ("attn_implementation", "n_kv_head")  # fields transformers' GPT2Config does not have
 
 
 @dataclass
@@ -24,6 +25,7 @@ class GPT2Config:
     n_head: int = 12  # nh: attention heads per block (GPT-2 has as many K/V heads as query heads)
     layer_norm_epsilon: float = 1e-5  # added to the variance in every LayerNorm
     attn_implementation: str = "eager"  # "eager": explicit matmuls (readable, FLOP-countable); "sdpa": fused
+    n_kv_head: int | None = None  # heads that store K/V: None = n_head (MHA, GPT-2); 1 = MQA; in between = GQA
 
     def __post_init__(self) -> None:
         for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
@@ -37,6 +39,16 @@ class GPT2Config:
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                 "each head gets n_embd // n_head channels"
             )
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if isinstance(self.n_kv_head, bool) or not isinstance(self.n_kv_head, int):
+            raise TypeError(f"GPT2Config.n_kv_head must be an int or None, got {type(self.n_kv_head).__name__}")
+        if self.n_kv_head <= 0 or self.n_head % self.n_kv_head:
+            allowed = [d for d in range(1, self.n_head + 1) if self.n_head % d == 0]
+            raise ValueError(
+                f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}): each K/V head serves an equal "
+                f"group of n_head // n_kv_head query heads; allowed here: {allowed} (None means n_head)"
+            )
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(
                 f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {self.attn_implementation!r}"
@@ -48,9 +60,9 @@ class GPT2Config:
         return self.n_embd // self.n_head
 
     @property
-    def n_kv_head(self) -> int:
-        """Heads that store K/V in the cache (equal to n_head: GPT-2 uses plain multi-head attention)."""
-        return self.n_head
+    def n_kv_groups(self) -> int:
+        """g: query heads sharing each K/V head (1 for MHA, n_head for MQA)."""
+        return self.n_head // self.n_kv_head
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> "GPT2Config":
@@ -63,7 +75,7 @@ class GPT2Config:
     @classmethod
     def from_hf(cls, hf_config) -> "GPT2Config":
         """Copy the fields kvlib uses from a `transformers.GPT2Config`."""
-        names = [f.name for f in fields(cls) if f.name != "attn_implementation"]
+        names = [f.name for f in fields(cls) if f.name not in _KVLIB_ONLY]
         missing = [n for n in names if not hasattr(hf_config, n)]
         if missing:
             raise TypeError(f"expected a transformers GPT2Config; {type(hf_config).__name__} lacks {missing}")
@@ -73,7 +85,13 @@ class GPT2Config:
         """The equivalent `transformers.GPT2Config` (no dropout, so it computes what kvlib computes)."""
         from transformers import GPT2Config as HFGPT2Config
 
-        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "attn_implementation"}
+        if self.n_kv_head != self.n_head:
+            raise ValueError(
+                f"transformers' GPT-2 has no grouped-query attention: this config has n_kv_head={self.n_kv_head} < "
+                f"n_head={self.n_head}; only n_kv_head == n_head (or None) converts. kvlib.gqa.expand_kv_heads(model) "
+                "gives the equivalent multi-head model, which does"
+            )
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _KVLIB_ONLY}
         return HFGPT2Config(
             **kwargs,
             resid_pdrop=0.0,

@@ -139,7 +139,9 @@ def gpt2_parameter_count(config: GPT2Config) -> int:
     C, L = config.n_embd, config.n_layer
     # Per block: ln_1 and ln_2 (2C each), c_attn (C·3C + 3C), attn c_proj (C·C + C), c_fc (C·4C + 4C),
     # mlp c_proj (4C·C + C): 12C² + 13C. lm_head shares wte's matrix, so it adds nothing.
-    return config.vocab_size * C + config.n_positions * C + L * (12 * C * C + 13 * C) + 2 * C
+    # With n_kv_head < n_head (GQA/MQA) c_attn is C·(C + 2·kv) + (C + 2·kv), kv = n_kv_head·hs, instead of 3C wide.
+    kv_saved = 2 * (C - config.n_kv_head * config.head_dim)  # c_attn columns GQA drops
+    return config.vocab_size * C + config.n_positions * C + L * (12 * C * C + 13 * C - kv_saved * (C + 1)) + 2 * C
 
 
 PRESETS: dict[str, ModelPreset] = {

@@ -31,25 +31,39 @@ class Conv1D(nn.Module):
         return out.view(*x.shape[:-1], -1)  # (B, T, out)
 
 
+def repeat_kv(states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, n_kv_head, T, hs) -> (B, n_kv_head * n_rep, T, hs): query head h reads K/V head h // n_rep."""
+    if n_rep == 1:
+        return states
+    B, n_kv, T, hs = states.shape
+    return states[:, :, None].expand(B, n_kv, n_rep, T, hs).reshape(B, n_kv * n_rep, T, hs)  # (B, nh, T, hs)
+
+
 class GPT2Attention(nn.Module):
     def __init__(self, config: GPT2Config, layer_idx: int) -> None:
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
-        self.c_attn = Conv1D(config.n_embd, 3 * config.n_embd)  # q, k, v projections in one matrix
+        # q, k, v projections in one matrix: (C, C + 2 · n_kv_head · hs), i.e. (C, 3C) for GPT-2's MHA
+        kv_width = config.n_kv_head * config.head_dim
+        self.c_attn = Conv1D(config.n_embd, config.n_embd + 2 * kv_width)
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
 
     def forward(
         self, x: torch.Tensor, attention_mask: torch.Tensor | None, past_key_values: KVCache | None
     ) -> torch.Tensor:
         B, T_new, C = x.shape
-        nh, hs = self.config.n_head, self.config.head_dim
-        qkv = self.c_attn(x).view(B, T_new, 3, nh, hs)  # (B, T_new, 3, nh, hs): q, k, v side by side
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, nh, T_new, hs)
+        nh, n_kv, hs = self.config.n_head, self.config.n_kv_head, self.config.head_dim
+        q, k, v = self.c_attn(x).split([C, n_kv * hs, n_kv * hs], dim=-1)  # q | k | v side by side
+        q = q.view(B, T_new, nh, hs).transpose(1, 2)  # (B, nh, T_new, hs)
+        k = k.view(B, T_new, n_kv, hs).transpose(1, 2)  # (B, n_kv, T_new, hs)
+        v = v.view(B, T_new, n_kv, hs).transpose(1, 2)  # (B, n_kv, T_new, hs)
         if past_key_values is not None:
             # The only difference between the cached and the uncached path: K and V of earlier tokens come
             # from the cache instead of being recomputed. Old queries are never needed again.
-            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, nh, T_total, hs)
+            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, n_kv, T_total, hs)
+        # Grouped-query attention: each K/V head serves nh // n_kv query heads; the cache holds only n_kv heads.
+        k, v = repeat_kv(k, nh // n_kv), repeat_kv(v, nh // n_kv)  # (B, nh, T_total, hs)
         attend = ATTENTION_FUNCTIONS[self.config.attn_implementation]
         y = attend(q, k, v, attention_mask)  # (B, nh, T_new, hs)
         y = y.transpose(1, 2).reshape(B, T_new, C)  # (B, T_new, C): heads side by side
@@ -173,6 +187,14 @@ class GPT2(nn.Module):
                 "the longest sequence GPT-2's position embeddings cover"
             )
         mask, positions = _mask_and_positions(input_ids, past_len, attention_mask, position_ids)
+        if hasattr(past_key_values, "check_config"):  # caches built from a config (windowed, quantized)
+            past_key_values.check_config(self.config)
+        if getattr(past_key_values, "builds_attention_mask", False):
+            # A cache that keeps only some keys (SlidingWindowKVCache) knows which, so it builds the mask over them.
+            if attention_mask is not None:
+                raise ValueError(f"{type(past_key_values).__name__} builds its own banded mask: pass no attention_mask "
+                                 "(padded batches are not supported with it)")
+            mask = past_key_values.attention_mask(T_new, device=input_ids.device)  # (T_new, kept + T_new)
         x = self.transformer.wte(input_ids) + self.transformer.wpe(positions)  # (B, T_new, C)
         for block in self.transformer.h:
             x = block(x, mask, past_key_values)  # (B, T_new, C)
