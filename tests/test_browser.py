@@ -174,11 +174,27 @@ def run_all_and_save(page, lab: JupyterLab, name: str, nb: nbformat.NotebookNode
     page.wait_for_selector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]')
     saved_before = (lab.root / name).stat().st_mtime_ns
     menu(page, "File", "docmanager:save")
-    deadline = time.monotonic() + 30  # the server writes atomically, so a new mtime means a complete file
-    while (lab.root / name).stat().st_mtime_ns == saved_before:
-        assert time.monotonic() < deadline, f"{name}: JupyterLab did not save the notebook"
-        time.sleep(0.2)
-    return nbformat.read(lab.root / name, as_version=4)
+    return read_when_saved(lab.root / name, saved_before)
+
+
+def read_when_saved(path: Path, saved_before: int, timeout_s: float = 30) -> nbformat.NotebookNode:
+    """The notebook at `path` once the server has finished writing it after a save (its mtime was `saved_before`).
+
+    Jupyter's "atomic" save copies the old file aside and then rewrites the path in place, so a new mtime can show a
+    file that is still empty or half written: wait for a new mtime, then for a file that parses and stays unchanged.
+    """
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        stat = path.stat()
+        if stat.st_mtime_ns != saved_before and (stat.st_mtime_ns, stat.st_size) == last:
+            try:
+                return nbformat.read(path, as_version=4)
+            except ValueError:  # json's and nbformat's not-JSON errors
+                pass  # caught mid-write: look again
+        assert time.monotonic() < deadline, f"{path.name}: JupyterLab did not finish saving the notebook"
+        last = (stat.st_mtime_ns, stat.st_size)
+        time.sleep(0.3)
 
 
 def report_timing(name: str, nb: nbformat.NotebookNode) -> None:
@@ -278,3 +294,20 @@ def test_notebook_runs_and_slider_updates_output(page, lab, name, outer, slider,
             f"{name}: the kernel logged an error while the slider moved:\n{kernel_log}")
         assert page_problems(page) == [], f"{name} shows errors after moving the slider"
         assert page.uncaught == [], f"{name}: JupyterLab's front end raised"
+
+
+def test_read_when_saved_waits_for_the_whole_file(tmp_path):
+    """A save caught between truncation and the last byte is read again, not parsed half written."""
+    import threading
+    path = tmp_path / "nb.ipynb"
+    whole = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
+    nbformat.write(whole, path)
+    before = path.stat().st_mtime_ns
+    time.sleep(0.01)
+    path.write_text("")  # the server has truncated the file and not yet written it
+    writer = threading.Timer(1.0, nbformat.write, args=(whole, path))
+    writer.start()
+    try:
+        assert read_when_saved(path, before, timeout_s=10).cells[0].source == "1 + 1"
+    finally:
+        writer.join()
