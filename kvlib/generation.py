@@ -10,7 +10,8 @@ from typing import Callable
 import torch
 
 from .cache import DynamicKVCache, KVCache, StaticKVCache
-from .model import GPT2, check_input_ids
+from .forward_inputs import check_input_ids
+from .model import GPT2
 
 CACHE_KINDS = ("dynamic", "static", "paged")
 PAGED_BLOCK_SIZE = 16  # cache="paged": vLLM's default block size

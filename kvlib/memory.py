@@ -1,4 +1,4 @@
-"""How many bytes a KV cache takes, and the tools to check the formula against real allocations.
+"""How many bytes a KV cache takes, by formula, for kvlib configs and published models' shapes.
 
 For every token, every layer (L) stores one key and one value vector per K/V head (n_kv_head), each head_dim
 (hs) numbers wide:
@@ -7,15 +7,17 @@ For every token, every layer (L) stores one key and one value vector per K/V hea
 
 with B batch and T cached tokens. Multi-head attention has n_kv_head = n_head (GPT-2); grouped-query attention
 shares each K/V head among n_head // n_kv_head query heads (Llama-3); multi-query attention has n_kv_head = 1.
-Unit traps: 1 GiB = 2**30 B, 1 GB = 10**9 B, 1 TiB = 2**40 B.
+Unit traps: 1 GiB = 2**30 B, 1 GB = 10**9 B, 1 TiB = 2**40 B. The bytes really allocated, to check the formula
+against, are measured in kvlib.allocation (its functions are importable from here too).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, TypeVar
 
 import torch
 
+# Measuring what is really allocated lives in allocation; re-exported here, where notebook 04 and the tests use it.
+from .allocation import allocated_bytes, cache_storage_bytes, storage_bytes  # noqa: F401
 from .config import GPT2_SIZES, GPT2Config
 
 KiB, MiB, GiB, TiB = 2**10, 2**20, 2**30, 2**40
@@ -30,7 +32,6 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
     "fp8": torch.float8_e4m3fn, "float8": torch.float8_e4m3fn,
     "int8": torch.int8,
 }
-T = TypeVar("T")
 
 
 def dtype_bytes(dtype: torch.dtype | str) -> int:
@@ -222,53 +223,6 @@ def cache_outgrows_weights_at(model: ModelLike, dtype: torch.dtype | str = torch
     """The smallest batch × seq_len (tokens cached in total) whose K/V take more bytes than the weights."""
     weights = weight_bytes(model, dtype if weight_dtype is None else weight_dtype)
     return weights // bytes_per_token_for_config(model, dtype) + 1
-
-
-def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind tensors: what keeping them alive really costs.
-
-    A view (a slice, a transpose, one of q/k/v split from a fused projection) keeps its whole storage alive,
-    so this can exceed the sum of numel() · element_size().
-    """
-    sizes: dict[tuple[str, int], int] = {}
-    for t in tensors:
-        s = t.untyped_storage()
-        sizes[(str(t.device), s.data_ptr())] = s.nbytes()
-    return sum(sizes.values())
-
-
-def cache_storage_bytes(cache) -> int:
-    """storage_bytes of a kvlib cache's key and value tensors, all layers."""
-    return storage_bytes(list(cache.key_cache) + list(cache.value_cache))
-
-
-def allocated_bytes(fn: Callable[[], T], device: torch.device | str = "cpu") -> tuple[T, int]:
-    """Run fn(); return its result and the net bytes the torch allocator handed out meanwhile (frees subtracted).
-
-    CUDA: torch.cuda.memory_allocated after minus before (each block rounded up to a multiple of 512 B).
-    CPU: the allocations and frees torch.profiler records with profile_memory=True (exact requested sizes).
-    Neither reads kvlib's own bookkeeping, so either can check `cache.nbytes`.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        result = fn()
-        torch.cuda.synchronize(device)
-        return result, torch.cuda.memory_allocated(device) - before
-    if device.type != "cpu":
-        raise ValueError(f"allocated_bytes measures on cpu or cuda devices, got {device}")
-    import os
-
-    from torch.profiler import ProfilerActivity, profile
-
-    # Kineto (the profiler's backend) prints start/stop lines on stderr unless its log level is raised; it reads
-    # the level once, at the first profile. setdefault: a level the user chose wins.
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
-    return result, sum(event.self_cpu_memory_usage for event in prof.events())
-
 
 
 def format_bytes(n: int) -> str:
