@@ -71,7 +71,11 @@ def fixed_shape_decode_step(model: GPT2, token: torch.Tensor, input_pos: torch.T
 
 
 def compile_decode_step(mode: str | None = "reduce-overhead", backend: str = "inductor", fullgraph: bool = True):
-    """torch.compile of `fixed_shape_decode_step` (gpt-fast: mode="reduce-overhead" replays a CUDA graph)."""
+    """torch.compile of `fixed_shape_decode_step` (gpt-fast: mode="reduce-overhead" replays a CUDA graph).
+
+    Each new buffer size, batch or dtype compiles once more (dynamic=False); the limit on recompilations is raised
+    so that a benchmark's many configurations never fall back to eager without saying so."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     return torch.compile(fixed_shape_decode_step, mode=mode, backend=backend, fullgraph=fullgraph, dynamic=False)
 
 

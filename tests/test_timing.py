@@ -240,7 +240,54 @@ def test_gpu_bench_pipeline_runs_on_cpu(tiny_model, tmp_path, monkeypatch):
     summary = result["meta"]["summary"]
     assert summary["same_tokens"]["static-compiled"] and "static-compiled" in summary["kvlib_percent_of_floor"]
     assert "compile_and_warmup_s" in summary and "static-compiled" in bench.report(result)
+    assert summary["compiled_over_hf_cached"] > 0 and "compiled >= 5x hf cached" in summary["targets"]
+    assert set(summary["uncached_crossover_context"]) == {"dynamic", "static", "static-compiled"}
     dtype_rows = {(r.dtype, r.method) for r in result["records"] if r.sweep == "dtype"}
     assert dtype_rows == {(d, m) for d in ("float32", "float64") for m in ("dynamic", "static", "static-compiled")}
     paths = bench.write_results(result, tmp_path)
     assert {p.name for p in paths} >= {f"timing_{n}_cpu_L2.png" for n in ("headline", "per_token", "dtype")}
+
+
+def test_matching_prefix():
+    a = torch.tensor([1, 2, 3, 4])
+    assert bench.runner.matching_prefix(a, a) == 4
+    assert bench.runner.matching_prefix(a, torch.tensor([1, 2, 9, 4])) == 2
+    assert bench.runner.matching_prefix(a, torch.tensor([7, 2, 3, 4])) == 0
+    assert bench.runner.matching_prefix(a, a[:3]) == 3
+
+
+def _step(method, context, ms):
+    return timing.Measurement(sweep="per_token", method=method, batch_size=1, context=context, tokens=1,
+                              dtype="float16", median_s=ms / 1e3)
+
+
+@pytest.mark.parametrize("uncached_ms, expected", [
+    ((1.0, 1.0, 2.0, 3.0), 64),  # equal at 4 and 16 (not slower), slower from 64 on
+    ((0.5, 2.0, 0.9, 3.0), 256),  # slower at 16, faster again at 64: the crossover is where it stays slower
+    ((0.5, 0.5, 0.5, 0.5), None),  # never slower
+    ((2.0, 2.0, 2.0, 2.0), 4),  # slower everywhere sampled
+])
+def test_uncached_crossover(uncached_ms, expected):
+    contexts = (4, 16, 64, 256)
+    per = {("dynamic", c): _step("dynamic", c, 1.0) for c in contexts}
+    per.update({("uncached", c): _step("uncached", c, t) for c, t in zip(contexts, uncached_ms)})
+    per[("uncached", 2)] = _step("uncached", 2, 9.0)  # no cached step at 2: not compared
+    assert bench.runner.uncached_crossover(per, "dynamic") == expected
+
+
+def test_copy_bandwidth_and_launch_overhead_are_measured():
+    assert timing.measure_copy_bandwidth("cpu", 16 * 2**20, repeats=2) > 0.1  # GB/s: any real machine beats this
+    assert 0 < timing.measure_launch_overhead_us("cpu", launches=200, repeats=2) < 1e4
+
+
+def test_bench_in_bfloat16_names_its_dtype(tmp_path, capsys):
+    result = bench.main(["--quick", "--model", "tiny", "--dtype", "bfloat16", "--out", str(tmp_path), "--no-progress",
+                         "--repeats", "1", "--headline-only"])
+    meta = result["meta"]
+    assert meta["dtype"] == "bfloat16" and "bfloat16, batch 1" in capsys.readouterr().out
+    assert {r.dtype for r in result["records"]} == {"bfloat16"}
+    assert {r.sweep for r in result["records"]} == {"headline", "floor", "floor-gap"}  # --headline-only: no sweeps
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"timing_{n}" for n in (
+        "cpu_L2_bfloat16_quick.csv", "cpu_L2_bfloat16_quick.json", "headline_cpu_L2_bfloat16_quick.png")]
+    assert meta["launch_overhead_us"] > 0 and meta["copy_bandwidth_gbps"] > 0
+    assert meta["summary"]["launch_floor_ms"] == pytest.approx(meta["ops_per_decode_step"] * meta["launch_overhead_us"] / 1e3)

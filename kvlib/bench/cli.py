@@ -27,7 +27,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--attn-implementation", default="sdpa", choices=ATTN_IMPLEMENTATIONS,
                    help="kvlib's attention (default sdpa, the fused fast path, as transformers' GPT-2 uses; "
                         "eager: the explicit matmuls the notebooks read)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="dtype of the weights and caches in the headline and sweeps (default float32; on a GPU "
+                        "float16 is what serving uses)")
     p.add_argument("--out", help="also run the sweeps and write results and figures to this directory")
+    p.add_argument("--headline-only", action="store_true",
+                   help="with --out: write the headline's results and figure without running the sweeps")
     p.add_argument("--quick", action="store_true", help="small sweeps: about a minute for GPT-2 small on a CPU")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="time torch.compile of the fixed-shape decode step (auto: on a GPU only)")
@@ -44,10 +49,11 @@ def main(argv: list[str] | None = None) -> dict:
     s = replace(s, **{k: v for k, v in (("repeats", args.repeats), ("new_tokens", args.new_tokens)) if v})
     config = GPT2Config(**TINY) if args.model == "tiny" else GPT2Config.from_name(args.model)
     config = replace(config, attn_implementation=args.attn_implementation)
-    model = random_gpt2(config).to(device)
+    model = random_gpt2(config).to(device=device, dtype=getattr(torch, args.dtype))
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     compile_mode = ("reduce-overhead" if device.type == "cuda" else "default") if use_compile else None
-    result = run(model, s, sweeps=args.out is not None, compile_mode=compile_mode, progress=not args.no_progress)
+    result = run(model, s, sweeps=args.out is not None and not args.headline_only, compile_mode=compile_mode,
+                 progress=not args.no_progress)
     print(report(result))
     if args.out:
         for path in write_results(result, args.out, quick=args.quick):

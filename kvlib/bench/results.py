@@ -27,7 +27,7 @@ def report(result: dict) -> str:
     sm = meta["summary"]
     s = meta["settings"]
     lines = [f"kvlib.bench on {meta['device']} (torch {meta['torch']}, transformers {meta['transformers']})",
-             f"weights: {meta['weights']}; {meta['config']['n_layer']} layers, fp32, batch 1, prompt "
+             f"weights: {meta['weights']}; {meta['config']['n_layer']} layers, {meta['dtype']}, batch 1, prompt "
              f"{s['prompt_len']} tokens, {s['new_tokens']} new tokens (greedy, no EOS), median of {s['repeats']}",
              f"{'method':<18}{'tok/s':>9}{'ms/token':>10}   (min..max tok/s)"]
     for r in recs:
@@ -51,7 +51,13 @@ def report(result: dict) -> str:
     lines += [f"{k.replace('_', ' ')}: {v:.1f}x (per-token sweep)" for k, v in sm.items()
               if k.startswith("uncached_over")]
     if "compile_and_warmup_s" in sm:
-        lines.append(f"torch.compile + warm-up: {sm['compile_and_warmup_s']:.1f} s")
+        lines.append(f"torch.compile + warm-up: {sm['compile_and_warmup_s']:.1f} s; compiled static / transformers "
+                     f"cached: {sm['compiled_over_hf_cached']:.2f}x")
+    if not all(sm["same_tokens"].values()):
+        lines.append(f"new tokens equal to kvlib dynamic's before the first difference: {sm['matching_new_tokens']}")
+    lines.append(f"uncached step slower than the cached one from context: {sm['uncached_crossover_context']}")
+    lines.append(f"launch overhead {meta['launch_overhead_us']:.1f} us per op x {meta['ops_per_decode_step']} ops of an "
+                 f"eager step = {sm['launch_floor_ms']:.2f} ms; device copy {meta['copy_bandwidth_gbps']:.0f} GB/s")
     lines.append(f"bandwidth achieved, % of the peak {meta['peak_bandwidth_gbps']:.0f} GB/s "
                  f"({meta['peak_bandwidth_source']}): "
                  + ", ".join(f"{k} {v:.0f}%" for k, v in sm["percent_of_peak_bandwidth"].items()))
@@ -62,7 +68,8 @@ def report(result: dict) -> str:
 def _stem(meta: dict, quick: bool) -> str:
     config = meta["config"]
     model = "" if (config["n_layer"], config["n_embd"]) == (12, 768) else f"_L{config['n_layer']}"  # not GPT-2 small
-    return f"{meta['device_slug']}{model}{'_quick' if quick else ''}"
+    dtype = "" if meta.get("dtype", "float32") == "float32" else f"_{meta['dtype']}"
+    return f"{meta['device_slug']}{model}{dtype}{'_quick' if quick else ''}"
 
 
 def write_results(result: dict, out_dir: str | Path, quick: bool = False) -> list[Path]:

@@ -133,7 +133,34 @@ def headline(model: GPT2, s: Settings, compiled_step=None, progress: bool = True
     outputs.pop("weight-floor")
     outputs.pop("floor+gelu")
     extra["same_tokens"] = {k: bool(torch.equal(ref, v.cpu())) for k, v in outputs.items()}
+    # Where they differ (fp16 kernels may round a near-tie the other way), how many new tokens agree first.
+    extra["matching_new_tokens"] = {k: matching_prefix(ref[0, s.prompt_len:], v.cpu()[0, s.prompt_len:])
+                                    for k, v in outputs.items()}
     return records, extra
+
+
+def matching_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading entries of two 1-D tensors are equal."""
+    n = min(len(a), len(b))
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0]) if len(differ) else n
+
+
+def uncached_crossover(per: dict[tuple[str, int], timing.Measurement], cached: str) -> int | None:
+    """The shortest sampled context from which on the uncached step is slower than the `cached` method's step
+    at the same context (per: (method, context) -> per-token record); None if it never is, or no contexts match.
+
+    At short contexts the two do nearly the same work (a forward over a few tokens vs one token plus the cache's
+    bookkeeping), and on a launch-bound GPU the uncached forward can even be the faster one.
+    """
+    both = sorted(c for (m, c) in per if m == "uncached" and (cached, c) in per)
+    slower = [per["uncached", c].median_s > per[cached, c].median_s for c in both]
+    if not both or not slower[-1]:
+        return None
+    i = len(slower)
+    while i and slower[i - 1]:
+        i -= 1
+    return both[i]
 
 
 def summarize_run(records: list[timing.Measurement], extra: dict) -> dict:
@@ -155,12 +182,17 @@ def summarize_run(records: list[timing.Measurement], extra: dict) -> dict:
         out["floor_plus_gelu_ms"] = 1e3 * gap.median_s / gap.tokens
     out["targets"] = {"cached >= 1.1x hf cached": best >= 1.1 * tps["hf-cached"], "cached >= 90% of floor":
                       best >= 0.9 * floor}
+    if "static-compiled" in tps:  # the GPU target: gpt-fast's compiled step against transformers' eager generate
+        out["compiled_over_hf_cached"] = tps["static-compiled"] / tps["hf-cached"]
+        out["targets"]["compiled >= 5x hf cached"] = out["compiled_over_hf_cached"] >= 5
     per = {(r.method, r.context): r for r in records if r.sweep == "per_token" and r.status == "ok"}
     # Decode steps alone (no prefill, no generate loop), over the headline's contexts: the step's own overhead.
     last = max((r.context for r in records if r.sweep == "headline"), default=0)
     steps = {m: [r.median_s for (mm, c), r in per.items() if mm == m and c <= last] for m in ("dynamic", "static")}
     out["decode_step_percent_of_floor"] = {m: 100 / floor / statistics.median(v)
                                            for m, v in steps.items() if v}
+    out["uncached_crossover_context"] = {m: uncached_crossover(per, m) for m in ("dynamic", "static", "static-compiled")
+                                         if any(mm == m for mm, _ in per)}
     longest = max((c for m, c in per if m == "uncached"), default=None)
     for m in ("dynamic", "static"):
         if longest is not None and (m, longest) in per:
@@ -195,17 +227,21 @@ def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, pro
                                           new_tokens=s.new_tokens, prompt_len=s.prompt_len, repeats=s.repeats,
                                           warmup=s.warmup, progress=progress)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    copy_gbps = timing.measure_copy_bandwidth(device, (1 << 30) if device.type == "cuda" else s.bandwidth_mib * 2**20)
+    launch_us = timing.measure_launch_overhead_us(device)
     peak, source = timing.peak_bandwidth_gbps(name), "datasheet"
     if peak is None:
         peak = timing.measure_read_bandwidth(device, s.bandwidth_mib * 2**20)
         source = f"measured: sum over a {s.bandwidth_mib} MiB fp32 tensor"
     import transformers
 
-    meta = {"device": device_label(device), "device_slug": device_slug(device), "torch": torch.__version__,
+    meta = {"device": device_label(device), "device_slug": device_slug(device), "dtype": timing.dtype_name(model),
+            "torch": torch.__version__,
             "transformers": transformers.__version__, "weights": model.weights_source,
             "config": {f.name: getattr(model.config, f.name) for f in fields(model.config)},
             "settings": {f.name: getattr(s, f.name) for f in fields(s)}, "compile_mode": compile_mode,
-            "peak_bandwidth_gbps": peak, "peak_bandwidth_source": source,
+            "peak_bandwidth_gbps": peak, "peak_bandwidth_source": source, "copy_bandwidth_gbps": copy_gbps,
+            "launch_overhead_us": launch_us,
             "weight_bytes": timing.weight_bytes(model), "ops_per_decode_step": len(timing.count_decode_ops(model)),
             "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
     meta["summary"] = summarize_run(records, extra)
@@ -213,5 +249,7 @@ def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, pro
     meta["summary"]["percent_of_peak_bandwidth"] = {
         r.method: 100 * r.bandwidth_gbps / peak for r in records
         if r.sweep in ("headline", "floor") and r.bandwidth_gbps == r.bandwidth_gbps}  # NaN (uncached) skipped
+    # The launch model: an eager step of k ops costs at least k launches, whatever its bytes.
+    meta["summary"]["launch_floor_ms"] = meta["ops_per_decode_step"] * launch_us / 1e3
     meta["elapsed_s"] = time.perf_counter() - t0
     return {"meta": meta, "records": records}

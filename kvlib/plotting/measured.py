@@ -15,9 +15,10 @@ def _timing_rows(records, sweep: str, method: str | None = None, statuses=("ok",
     return sorted(rows, key=lambda r: (r["context"], r["tokens"], r["batch_size"]))
 
 
-def plot_per_token_latency(records, *, title: str):
+def plot_per_token_latency(records, *, title: str, crossover: int | None = None):
     """Milliseconds per decode step against T_total (log y): cached methods as lines with their interquartile
-    band, sampled uncached forwards as points with min–max bars."""
+    band, sampled uncached forwards as points with min–max bars; `crossover`, the context from which the
+    uncached step is the slower one, as a dotted vertical line."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -35,6 +36,9 @@ def plot_per_token_latency(records, *, title: str):
             ax.plot(x, med, color=color, linewidth=0.8, label=f"{method} cache")
             ax.fill_between(x, [1e3 * r["q1_s"] for r in rows], [1e3 * r["q3_s"] for r in rows], color=color,
                             alpha=0.2, linewidth=0)
+    if crossover is not None:
+        ax.axvline(crossover, color="black", linestyle=":", linewidth=1,
+                   label=f"uncached slower from T_total = {crossover}")
     ax.set(yscale="log", xlabel="context: tokens the step attends over (T_total)",
            ylabel="time per decode step (ms)", title=title)
     return finish_log_plot(fig, ax)
@@ -142,14 +146,17 @@ def plot_dtype_throughput(records, *, title: str, peak_gbps: float | None = None
 
 def timing_figures(records, meta: dict) -> dict:
     """Every timing figure of one kvlib.bench result, keyed by the name kvlib.bench saves it under."""
-    device = meta["device"]
-    figs = {"headline": plot_headline(records, title=f"GPT-2 decoding speed, {device}"),
-            "per_token": plot_per_token_latency(records, title=f"Time per decode step, {device}")}
+    device = meta["device"] + ("" if meta.get("dtype", "float32") == "float32" else f", {meta['dtype']}")
+    crossover = meta.get("summary", {}).get("uncached_crossover_context", {}).get("dynamic")
+    figs = {"headline": plot_headline(records, title=f"GPT-2 decoding speed, {device}")}
+    if any(r["sweep"] == "per_token" for r in records):
+        figs["per_token"] = plot_per_token_latency(records, title=f"Time per decode step, {device}",
+                                                   crossover=crossover)
     if any(r["sweep"] == "length" for r in records):
         figs["vs_length"] = plot_generation_length(records, title=f"Generation time against length, {device}")
     if any(r["sweep"] == "batch" for r in records):
         figs["batch"] = plot_batch_throughput(records, title=f"Cached decoding throughput against batch, {device}")
     if any(r["sweep"] == "dtype" for r in records):
-        figs["dtype"] = plot_dtype_throughput(records, title=f"Decoding speed by dtype, {device}",
+        figs["dtype"] = plot_dtype_throughput(records, title=f"Decoding speed by dtype, {meta['device']}",
                                               peak_gbps=meta.get("peak_bandwidth_gbps"))
     return figs

@@ -172,6 +172,27 @@ def measure_read_bandwidth(device: torch.device | str, nbytes: int = 256 * 2**20
     return nbytes / statistics.median(measure(x.sum, device, repeats=repeats, warmup=1)) / 1e9
 
 
+def measure_copy_bandwidth(device: torch.device | str, nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Achieved device-to-device copy rate (GB/s, bytes read + bytes written) of one `nbytes` tensor into
+    another: the practical ceiling a memory-bound step can approach, beside the datasheet's peak."""
+    src = torch.ones(nbytes // 2, dtype=torch.float16, device=device)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / statistics.median(measure(lambda: dst.copy_(src), device, repeats=repeats, warmup=2)) / 1e9
+
+
+def measure_launch_overhead_us(device: torch.device | str, launches: int = 2000, repeats: int = 5) -> float:
+    """Microseconds per op of a long run of tiny in-place adds on a 1-element tensor: on a GPU, what the host
+    spends launching one kernel (the GPU finishes each long before the next is issued); on a CPU, an op's
+    dispatch cost. An eager decode step of k ops cannot take less than about k times this."""
+    x = torch.zeros(1, device=device)
+
+    def run():
+        for _ in range(launches):
+            x.add_(1.0)
+
+    return 1e6 * statistics.median(measure(run, device, repeats=repeats, warmup=1)) / launches
+
+
 class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
