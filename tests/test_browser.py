@@ -1,4 +1,4 @@
-"""Real-browser checks: JupyterLab opens every notebook cleanly, runs 02 and 04, and their widgets respond.
+"""Real-browser checks: JupyterLab opens every notebook cleanly, runs 02, 04 and 07, and their widgets respond.
 
 nbval checks what the kernel computes; it never sees the front end. These tests catch what a student would meet
 in JupyterLab: "Error displaying widget", a missing widget extension (widgets shown as plain text), error dialogs,
@@ -41,6 +41,8 @@ INTERACTIVE = [
                  "kvlib-step-summary", id="02-step-through"),
     pytest.param("04_kv_cache_memory.ipynb", "kvlib-memory-calculator", "kvlib-seq-len-slider", "seq_len",
                  "kvlib-memory-total", id="04-memory-calculator"),
+    pytest.param("07_paged_attention_and_serving.ipynb", "kvlib-block-stepper", "kvlib-block-step-slider", "step",
+                 "kvlib-block-summary", id="07-block-tables"),
 ]
 
 # Prompts of the open notebook's code cells: "[3]:" ran, "[*]:" queued or running, "[ ]:" not run.

@@ -58,7 +58,8 @@ def block_size_figure(rows: dict):
 
 def block_table_figure(snapshots: list[dict], num_blocks: int):
     """snapshots: [{"step": int, "tables": {request_id: [block ids]}, "cached": set of free cached blocks}].
-    One row of the pool per snapshot, each block coloured by the request(s) holding it."""
+    One row of the pool per snapshot, each block coloured by the request(s) holding it. block_view.engine_snapshot
+    records these keys (and more, for block_view's per-step HTML and slider)."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
