@@ -217,7 +217,8 @@ def test_quick_bench_runs_end_to_end(tmp_path, capsys):
     sweeps = {r["sweep"] for r in records}
     assert sweeps == {"headline", "floor", "floor-gap", "per_token", "prefill", "length", "batch"}
     assert meta["config"]["attn_implementation"] == "sdpa"  # the bench times kvlib's fast path by default
-    assert summary["floor_plus_gelu_ms"] > 0 and "one GELU after each matrix product" in out
+    assert set(summary["gelu_gap_ms"]) == {"median", "q1", "q3"} and summary["gelu_alone_us"] > 0
+    assert "one GELU after each of the 8 block products adds" in out
     for name in ("headline", "per_token", "vs_length", "batch"):
         assert (tmp_path / f"timing_{name}_{stem}.png").stat().st_size > 10_000
 
@@ -265,7 +266,7 @@ def _step(method, context, ms):
     ((1.0, 1.0, 2.0, 3.0), 64),  # equal at 4 and 16 (not slower), slower from 64 on
     ((0.5, 2.0, 0.9, 3.0), 256),  # slower at 16, faster again at 64: the crossover is where it stays slower
     ((0.5, 0.5, 0.5, 0.5), None),  # never slower
-    ((2.0, 2.0, 2.0, 2.0), 4),  # slower everywhere sampled
+    ((2.0, 2.0, 2.0, 2.0), None),  # slower everywhere sampled: the curves do not cross there
 ])
 def test_uncached_crossover(uncached_ms, expected):
     contexts = (4, 16, 64, 256)
@@ -278,6 +279,7 @@ def test_uncached_crossover(uncached_ms, expected):
 def test_copy_bandwidth_and_launch_overhead_are_measured():
     assert timing.measure_copy_bandwidth("cpu", 16 * 2**20, repeats=2) > 0.1  # GB/s: any real machine beats this
     assert 0 < timing.measure_launch_overhead_us("cpu", launches=200, repeats=2) < 1e4
+    assert timing.measure_matmul_gflops("cpu", n=256, repeats=2) > 0.1  # GFLOP/s
 
 
 def test_bench_in_bfloat16_names_its_dtype(tmp_path, capsys):
@@ -289,5 +291,12 @@ def test_bench_in_bfloat16_names_its_dtype(tmp_path, capsys):
     assert {r.sweep for r in result["records"]} == {"headline", "floor", "floor-gap"}  # --headline-only: no sweeps
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"timing_{n}" for n in (
         "cpu_L2_bfloat16_quick.csv", "cpu_L2_bfloat16_quick.json", "headline_cpu_L2_bfloat16_quick.png")]
-    assert meta["launch_overhead_us"] > 0 and meta["copy_bandwidth_gbps"] > 0
+    assert meta["launch_overhead_us"] > 0 and meta["copy_bandwidth_gbps"] > 0 and meta["matmul_gflops"] > 0
     assert meta["summary"]["launch_floor_ms"] == pytest.approx(meta["ops_per_decode_step"] * meta["launch_overhead_us"] / 1e3)
+
+
+def test_op_between_gap_is_a_paired_difference_per_pass(tiny_model):
+    r = bench.runner.op_between_gap(tiny_model, pairs=3, passes=2)
+    assert (r.sweep, r.method, r.repeats) == ("floor-gap", "gelu-minus-floor", 3)
+    assert r.min_s <= r.q1_s <= r.median_s <= r.q3_s <= r.max_s
+    assert bench.runner.gelu_alone_us(tiny_model, calls=50) > 0

@@ -45,8 +45,9 @@ def report(result: dict) -> str:
               f"(transformers: {sm['hf_cached_over_uncached']:.2f}x)",
               f"weight-streaming floor {sm['floor_ms']:.2f} ms/token; kvlib tok/s as % of the floor's: {pct}",
               f"same greedy tokens as kvlib dynamic: {sm['same_tokens']}",
-              f"the floor with one GELU after each matrix product: {sm['floor_plus_gelu_ms']:.2f} ms/token "
-              f"(+{sm['floor_plus_gelu_ms'] - sm['floor_ms']:.2f} ms for {meta['config']['n_layer'] * 4} tiny ops)",
+              f"one GELU after each of the {meta['config']['n_layer'] * 4} block products adds "
+              f"{sm['gelu_gap_ms']['median']:.2f} ms to a pass over the weights (paired median; quartiles "
+              f"{sm['gelu_gap_ms']['q1']:.2f}..{sm['gelu_gap_ms']['q3']:.2f}); one GELU alone: {sm['gelu_alone_us']:.1f} us",
               f"targets (reported, not asserted): {sm['targets']}"]
     lines += [f"{k.replace('_', ' ')}: {v:.1f}x (per-token sweep)" for k, v in sm.items()
               if k.startswith("uncached_over")]
@@ -55,9 +56,11 @@ def report(result: dict) -> str:
                      f"cached: {sm['compiled_over_hf_cached']:.2f}x")
     if not all(sm["same_tokens"].values()):
         lines.append(f"new tokens equal to kvlib dynamic's before the first difference: {sm['matching_new_tokens']}")
-    lines.append(f"uncached step slower than the cached one from context: {sm['uncached_crossover_context']}")
+    lines.append(f"context from which the uncached step turns slower than the cached one: "
+                 f"{sm['uncached_crossover_context']} (None: no crossing where both were timed)")
     lines.append(f"launch overhead {meta['launch_overhead_us']:.1f} us per op x {meta['ops_per_decode_step']} ops of an "
-                 f"eager step = {sm['launch_floor_ms']:.2f} ms; device copy {meta['copy_bandwidth_gbps']:.0f} GB/s")
+                 f"eager step = {sm['launch_floor_ms']:.2f} ms; device copy {meta['copy_bandwidth_gbps']:.0f} GB/s; "
+                 f"matrix product {meta['matmul_gflops']:.0f} GFLOP/s")
     lines.append(f"bandwidth achieved, % of the peak {meta['peak_bandwidth_gbps']:.0f} GB/s "
                  f"({meta['peak_bandwidth_source']}): "
                  + ", ".join(f"{k} {v:.0f}%" for k, v in sm["percent_of_peak_bandwidth"].items()))

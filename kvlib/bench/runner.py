@@ -35,13 +35,15 @@ class Settings:
     batch_new_tokens: int = 32
     dtypes: tuple[str, ...] = ()  # GPU: ("float32", "float16", "bfloat16")
     bandwidth_mib: int = 256  # summed to measure a CPU's read bandwidth; well beyond its caches
+    gap_pairs: int = 24  # the GELU diagnostic: interleaved (floor, floor + GELUs) pairs ...
+    gap_passes: int = 16  # ... of this many passes each
 
 
 FULL_GPU = dict(uncached_max_new_tokens=1009, batch_sizes=(1, 4, 16, 64, 256), batch_new_tokens=128,
                 dtypes=("float32", "float16", "bfloat16"))
 
 
-QUICK = dict(new_tokens=16, prompt_len=8, repeats=2, context_len=128, uncached_points=5, length_counts=(1, 8, 32, 121),
+QUICK = dict(gap_pairs=4, gap_passes=2, new_tokens=16, prompt_len=8, repeats=2, context_len=128, uncached_points=5, length_counts=(1, 8, 32, 121),
              uncached_max_new_tokens=16, batch_sizes=(1, 4), batch_new_tokens=8)
 
 
@@ -99,10 +101,8 @@ def headline(model: GPT2, s: Settings, compiled_step=None, progress: bool = True
         "hf-cached": lambda n: hf_generate(hf, ids, n, use_cache=True),
         "hf-uncached": lambda n: hf_generate(hf, ids, n, use_cache=False),
         "weight-floor": lambda n: [one_pass() for _ in range(n)],
-        "floor+gelu": lambda n: [gelu_pass() for _ in range(n)],
     }
     one_pass, floor_bytes = weight_pass(model)
-    gelu_pass, _ = weight_pass(model, op_between=True)
     if compiled_step:
         runners["static-compiled"] = lambda n: compiled.generate_fixed_shape(model, ids, n, step=compiled_step,
                                                                            cache=fixed)
@@ -124,14 +124,12 @@ def headline(model: GPT2, s: Settings, compiled_step=None, progress: bool = True
     bar.close()
     mean_kv = s.prompt_len + (s.new_tokens - 1) / 2
     nbytes = {k: float("nan") if "uncached" in k else timing.bytes_per_decode_step(model, mean_kv) for k in samples}
-    nbytes["weight-floor"] = nbytes["floor+gelu"] = floor_bytes
-    sweep = {"weight-floor": "floor", "floor+gelu": "floor-gap"}
-    records = [timing.summarize(v, sweep=sweep.get(k, "headline"), method=k, batch_size=1,
+    nbytes["weight-floor"] = floor_bytes
+    records = [timing.summarize(v, sweep="floor" if k == "weight-floor" else "headline", method=k, batch_size=1,
                                 context=s.prompt_len + s.new_tokens - 1, tokens=s.new_tokens, dtype=timing.dtype_name(model),
                                 bytes_per_step=nbytes[k]) for k, v in samples.items()]
     ref = outputs.pop("dynamic").cpu()
     outputs.pop("weight-floor")
-    outputs.pop("floor+gelu")
     extra["same_tokens"] = {k: bool(torch.equal(ref, v.cpu())) for k, v in outputs.items()}
     # Where they differ (fp16 kernels may round a near-tie the other way), how many new tokens agree first.
     extra["matching_new_tokens"] = {k: matching_prefix(ref[0, s.prompt_len:], v.cpu()[0, s.prompt_len:])
@@ -147,20 +145,49 @@ def matching_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 def uncached_crossover(per: dict[tuple[str, int], timing.Measurement], cached: str) -> int | None:
-    """The shortest sampled context from which on the uncached step is slower than the `cached` method's step
-    at the same context (per: (method, context) -> per-token record); None if it never is, or no contexts match.
+    """Where the curves cross: the shortest sampled context from which on the uncached step is slower than the
+    `cached` method's step at the same context (per: (method, context) -> per-token record). None where they do not
+    cross within the contexts both were timed at: the uncached step slower at every one (a CPU), or at none.
 
     At short contexts the two do nearly the same work (a forward over a few tokens vs one token plus the cache's
     bookkeeping), and on a launch-bound GPU the uncached forward can even be the faster one.
     """
     both = sorted(c for (m, c) in per if m == "uncached" and (cached, c) in per)
     slower = [per["uncached", c].median_s > per[cached, c].median_s for c in both]
-    if not both or not slower[-1]:
+    if not both or not slower[-1] or all(slower):
         return None
     i = len(slower)
-    while i and slower[i - 1]:
+    while slower[i - 1]:
         i -= 1
     return both[i]
+
+
+def op_between_gap(model: GPT2, pairs: int, passes: int) -> timing.Measurement:
+    """What one GELU after each block product adds to a pass over the weights (see weight_pass): the paired
+    difference (floor + GELUs) - floor of `pairs` interleaved runs of `passes` passes each, the order alternating,
+    so that load that drifts over seconds cancels out of each difference. Seconds per pass, as a Measurement."""
+    device = model.lm_head.weight.device
+    plain, _ = weight_pass(model)
+    gelu, _ = weight_pass(model, op_between=True)
+    diffs = []
+    for i in range(pairs):
+        seconds = {}
+        for f in ((plain, gelu) if i % 2 else (gelu, plain)):
+            seconds[f] = timing.measure(lambda: [f() for _ in range(passes)], device, 1, 1 if i == 0 else 0)[0]
+        diffs.append((seconds[gelu] - seconds[plain]) / passes)
+    return timing.summarize(diffs, sweep="floor-gap", method="gelu-minus-floor", batch_size=1, context=0, tokens=1,
+                            dtype=timing.dtype_name(model))
+
+
+def gelu_alone_us(model: GPT2, calls: int = 2000) -> float:
+    """Microseconds of one GELU on a (1, 4C) row, timed alone in a tight loop (its code and data stay cached)."""
+    x = torch.randn(1, 4 * model.config.n_embd, dtype=model.lm_head.weight.dtype, device=model.lm_head.weight.device)
+
+    def run():
+        for _ in range(calls):
+            F.gelu(x, approximate="tanh")
+
+    return 1e6 * statistics.median(timing.measure(run, x.device, repeats=3, warmup=1)) / calls
 
 
 def summarize_run(records: list[timing.Measurement], extra: dict) -> dict:
@@ -178,8 +205,8 @@ def summarize_run(records: list[timing.Measurement], extra: dict) -> dict:
            "kvlib_percent_of_floor": {k: 100 * tps[k] / floor for k in ("dynamic", "static", "static-compiled")
                                       if k in tps}}
     gap = next((r for r in records if r.sweep == "floor-gap"), None)
-    if gap is not None:  # the floor again, with one GELU after each product: what one small op there costs
-        out["floor_plus_gelu_ms"] = 1e3 * gap.median_s / gap.tokens
+    if gap is not None:  # one GELU after each product (paired differences): what one small op there costs
+        out["gelu_gap_ms"] = {"median": 1e3 * gap.median_s, "q1": 1e3 * gap.q1_s, "q3": 1e3 * gap.q3_s}
     out["targets"] = {"cached >= 1.1x hf cached": best >= 1.1 * tps["hf-cached"], "cached >= 90% of floor":
                       best >= 0.9 * floor}
     if "static-compiled" in tps:  # the GPU target: gpt-fast's compiled step against transformers' eager generate
@@ -206,6 +233,8 @@ def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, pro
     device = model.lm_head.weight.device
     step = compiled.compile_decode_step(compile_mode) if compile_mode is not None else None
     records, extra = headline(model, s, step, progress)
+    records.append(op_between_gap(model, s.gap_pairs, s.gap_passes))
+    extra["gelu_alone_us"] = gelu_alone_us(model)
     if sweeps:
         cl = min(s.context_len, model.config.n_positions)
         counts = [n for n in s.length_counts if s.prompt_len + n - 1 <= cl]
@@ -229,6 +258,7 @@ def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, pro
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     copy_gbps = timing.measure_copy_bandwidth(device, (1 << 30) if device.type == "cuda" else s.bandwidth_mib * 2**20)
     launch_us = timing.measure_launch_overhead_us(device)
+    matmul_gflops = timing.measure_matmul_gflops(device, model.lm_head.weight.dtype, 4096 if device.type == "cuda" else 1024)
     peak, source = timing.peak_bandwidth_gbps(name), "datasheet"
     if peak is None:
         peak = timing.measure_read_bandwidth(device, s.bandwidth_mib * 2**20)
@@ -241,7 +271,7 @@ def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, pro
             "config": {f.name: getattr(model.config, f.name) for f in fields(model.config)},
             "settings": {f.name: getattr(s, f.name) for f in fields(s)}, "compile_mode": compile_mode,
             "peak_bandwidth_gbps": peak, "peak_bandwidth_source": source, "copy_bandwidth_gbps": copy_gbps,
-            "launch_overhead_us": launch_us,
+            "launch_overhead_us": launch_us, "matmul_gflops": matmul_gflops,
             "weight_bytes": timing.weight_bytes(model), "ops_per_decode_step": len(timing.count_decode_ops(model)),
             "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
     meta["summary"] = summarize_run(records, extra)

@@ -17,8 +17,8 @@ Sweeps return lists of `Measurement` (plain data, JSON-ready). A CUDA out-of-mem
 recorded with status "oom" and the sweep goes on.
 """
 from .clock import (METHODS, PEAK_BANDWIDTH_GBPS, Measurement, StepClock, bytes_per_decode_step, count_decode_ops,
-                    dtype_name, measure, measure_copy_bandwidth, measure_launch_overhead_us,
-                    measure_read_bandwidth, oom_record, peak_bandwidth_gbps, random_prompt,
-                    summarize, synchronize, weight_bytes)
+                    dtype_name, measure, measure_copy_bandwidth, measure_launch_overhead_us, measure_matmul_gflops,
+                    measure_read_bandwidth, oom_record, peak_bandwidth_gbps, random_prompt, summarize, synchronize,
+                    weight_bytes)
 from .sweeps import (batch_size_sweep, context_grid, dtype_sweep, estimate_uncached_totals, generation_sweep,
                      length_records, per_token_latency_sweep, step_records, time_uncached_forward, timed_generations)

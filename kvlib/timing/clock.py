@@ -180,6 +180,15 @@ def measure_copy_bandwidth(device: torch.device | str, nbytes: int = 1 << 30, re
     return 2 * nbytes / statistics.median(measure(lambda: dst.copy_(src), device, repeats=repeats, warmup=2)) / 1e9
 
 
+def measure_matmul_gflops(device: torch.device | str, dtype: torch.dtype = torch.float32, n: int = 1024,
+                          repeats: int = 5) -> float:
+    """Achieved GFLOP/s of one (n, n) @ (n, n) product, the best of `repeats`: the arithmetic ceiling that, with the
+    bandwidth, places the ridge point (FLOP per byte) between memory-bound and compute-bound work."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    return 2 * n**3 / min(measure(lambda: a @ b, device, repeats=repeats, warmup=2)) / 1e9
+
+
 def measure_launch_overhead_us(device: torch.device | str, launches: int = 2000, repeats: int = 5) -> float:
     """Microseconds per op of a long run of tiny in-place adds on a 1-element tensor: on a GPU, what the host
     spends launching one kernel (the GPU finishes each long before the next is issued); on a CPU, an op's
