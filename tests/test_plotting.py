@@ -37,6 +37,9 @@ def test_memory_plot_marks_context_limits(limits):
     fig = plotting.plot_kv_bytes_vs_seq_len(xs, {"a": [x * 2**20 for x in xs]}, title="t", context_limits=limits)
     labels = [line.get_label() for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
     assert labels == (["a"] if limits is None else ["a (context 1,024)"])
+    if limits:  # solid up to the limit, dotted from it: no gap between the two at the diamond
+        solid, dotted = fig.axes[0].get_lines()[:2]
+        assert list(solid.get_xdata()) == [128, 512, 1024] and list(dotted.get_xdata()) == [1024, 2048, 8192]
     plt.close(fig)
 
 

@@ -24,9 +24,10 @@ def plot_kv_bytes_vs_seq_len(seq_lens, bytes_by_model: dict, *, title: str, budg
         if limit is None:
             ax.plot(xs, ys, marker="o", markersize=3, label=label)
             continue
-        inside = xs <= limit
-        (line,) = ax.plot(xs[inside], ys[inside], marker="o", markersize=3, label=f"{label} (context {limit:,})")
+        inside = xs < limit
         at_limit = ys[-1] / xs[-1] * limit  # the cache is linear in tokens
+        (line,) = ax.plot(np.r_[xs[inside], limit], np.r_[ys[inside], at_limit], marker="o", markersize=3,
+                          label=f"{label} (context {limit:,})")  # solid up to the limit itself
         ax.plot(np.r_[limit, xs[~inside]], np.r_[at_limit, ys[~inside]], color=line.get_color(), linewidth=0.8,
                 linestyle=":")
         ax.plot([limit], [at_limit], marker="D", markersize=7, color=line.get_color(), markeredgecolor="k")

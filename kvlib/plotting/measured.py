@@ -58,6 +58,8 @@ def plot_generation_length(records, *, title: str):
                 continue
             n = [r["tokens"] for r in rows]
             label = method + (" (estimated from sampled forwards)" if status == "estimated" else "")
+            if method == "static" and status == "ok":  # often on top of dynamic: drawn so that both show
+                style = dict(style, linestyle=(0, (4, 3)), marker="s", markerfacecolor="none", markersize=7)
             ax_t.plot(n, [r["median_s"] for r in rows], color=color, label=label, **style)
             ax_r.plot(n, [r["tokens_per_s"] for r in rows], color=color, label=label, **style)
     ax_t.set(xscale="log", yscale="log", xlabel="new tokens generated", ylabel="total time, prefill included (s)")
