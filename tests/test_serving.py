@@ -41,7 +41,7 @@ def run_engine(engine, requests, arrivals):
 request = st.tuples(st.booleans(), st.lists(st.integers(0, 96), min_size=0, max_size=14), st.integers(1, 10))
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=100, deadline=None)  # at least 100 engine-vs-generate cases in every CI run
 @given(reqs=st.lists(request, min_size=1, max_size=5), block_size=st.integers(1, 8), spare=st.integers(0, 12),
        prefix_caching=st.booleans(), budget=st.integers(1, 32), data=st.data())
 def test_engine_equals_generate_alone(reqs, block_size, spare, prefix_caching, budget, data):
