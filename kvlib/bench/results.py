@@ -47,7 +47,8 @@ def report(result: dict) -> str:
               f"same greedy tokens as kvlib dynamic: {sm['same_tokens']}",
               f"one GELU after each of the {meta['config']['n_layer'] * 4} block products adds "
               f"{sm['gelu_gap_ms']['median']:.2f} ms to a pass over the weights (paired median; quartiles "
-              f"{sm['gelu_gap_ms']['q1']:.2f}..{sm['gelu_gap_ms']['q3']:.2f}); one GELU alone: {sm['gelu_alone_us']:.1f} us",
+              f"{sm['gelu_gap_ms']['q1']:.2f}..{sm['gelu_gap_ms']['q3']:.2f}); "
+              f"one GELU alone: {sm['gelu_alone_us']:.1f} us",
               f"targets (reported, not asserted): {sm['targets']}"]
     lines += [f"{k.replace('_', ' ')}: {v:.1f}x (per-token sweep)" for k, v in sm.items()
               if k.startswith("uncached_over")]
@@ -58,8 +59,8 @@ def report(result: dict) -> str:
         lines.append(f"new tokens equal to kvlib dynamic's before the first difference: {sm['matching_new_tokens']}")
     lines.append(f"context from which the uncached step turns slower than the cached one: "
                  f"{sm['uncached_crossover_context']} (None: no crossing where both were timed)")
-    lines.append(f"launch overhead {meta['launch_overhead_us']:.1f} us per op x {meta['ops_per_decode_step']} ops of an "
-                 f"eager step = {sm['launch_floor_ms']:.2f} ms; device copy {meta['copy_bandwidth_gbps']:.0f} GB/s; "
+    lines.append(f"launch overhead {meta['launch_overhead_us']:.1f} us per op x {meta['ops_per_decode_step']} ops "
+                 f"of an eager step = {sm['launch_floor_ms']:.2f} ms; device copy {meta['copy_bandwidth_gbps']:.0f} GB/s; "
                  f"matrix product {meta['matmul_gflops']:.0f} GFLOP/s")
     lines.append(f"bandwidth achieved, % of the peak {meta['peak_bandwidth_gbps']:.0f} GB/s "
                  f"({meta['peak_bandwidth_source']}): "

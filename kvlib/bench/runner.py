@@ -43,8 +43,8 @@ FULL_GPU = dict(uncached_max_new_tokens=1009, batch_sizes=(1, 4, 16, 64, 256), b
                 dtypes=("float32", "float16", "bfloat16"))
 
 
-QUICK = dict(gap_pairs=4, gap_passes=2, new_tokens=16, prompt_len=8, repeats=2, context_len=128, uncached_points=5, length_counts=(1, 8, 32, 121),
-             uncached_max_new_tokens=16, batch_sizes=(1, 4), batch_new_tokens=8)
+QUICK = dict(new_tokens=16, prompt_len=8, repeats=2, context_len=128, uncached_points=5, length_counts=(1, 8, 32, 121),
+             uncached_max_new_tokens=16, batch_sizes=(1, 4), batch_new_tokens=8, gap_pairs=4, gap_passes=2)
 
 
 def hf_generate(hf_model, input_ids: torch.Tensor, new_tokens: int, use_cache: bool) -> torch.Tensor:
@@ -258,7 +258,8 @@ def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, pro
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     copy_gbps = timing.measure_copy_bandwidth(device, (1 << 30) if device.type == "cuda" else s.bandwidth_mib * 2**20)
     launch_us = timing.measure_launch_overhead_us(device)
-    matmul_gflops = timing.measure_matmul_gflops(device, model.lm_head.weight.dtype, 4096 if device.type == "cuda" else 1024)
+    matmul_gflops = timing.measure_matmul_gflops(device, model.lm_head.weight.dtype,
+                                                 n=4096 if device.type == "cuda" else 1024)
     peak, source = timing.peak_bandwidth_gbps(name), "datasheet"
     if peak is None:
         peak = timing.measure_read_bandwidth(device, s.bandwidth_mib * 2**20)
@@ -266,8 +267,7 @@ def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, pro
     import transformers
 
     meta = {"device": device_label(device), "device_slug": device_slug(device), "dtype": timing.dtype_name(model),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__, "weights": model.weights_source,
+            "torch": torch.__version__, "transformers": transformers.__version__, "weights": model.weights_source,
             "config": {f.name: getattr(model.config, f.name) for f in fields(model.config)},
             "settings": {f.name: getattr(s, f.name) for f in fields(s)}, "compile_mode": compile_mode,
             "peak_bandwidth_gbps": peak, "peak_bandwidth_source": source, "copy_bandwidth_gbps": copy_gbps,
