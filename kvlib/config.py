@@ -88,7 +88,7 @@ class GPT2Config:
         if self.n_kv_head != self.n_head:
             raise ValueError(
                 f"transformers' GPT-2 has no grouped-query attention: this config has n_kv_head={self.n_kv_head} < "
-                f"n_head={self.n_head}; only n_kv_head == n_head (or None) converts. kvlib.gqa.expand_kv_heads(model) "
+                f"n_head={self.n_head}; only n_kv_head == n_head (or None) converts. kvlib.model.gqa.expand_kv_heads(model) "
                 "gives the equivalent multi-head model, which does"
             )
         kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _KVLIB_ONLY}

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kvlib
-from kvlib.batching import (AFTER_EOS_SLOT, NEW_SLOT, PAD_SLOT, PROMPT_SLOT, left_pad, padding_waste, slot_kinds,
-                            unpad_rows)
-from kvlib.memory import bytes_per_token_for_config
+from kvlib.measure.memory import bytes_per_token_for_config
+from kvlib.measure.padding import AFTER_EOS_SLOT, NEW_SLOT, PAD_SLOT, PROMPT_SLOT, padding_waste, slot_kinds
+from kvlib.model.batching import left_pad, unpad_rows
 from tests.conftest import TINY
 
 MODES = ("dynamic", "static", "uncached")

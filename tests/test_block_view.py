@@ -1,4 +1,4 @@
-"""kvlib.paged.block_view: the drawn block tables and pool equal the engine's real state at every step, and the
+"""kvlib.teaching.block_view: the drawn block tables and pool equal the engine's real state at every step, and the
 step-through widget's contract (CSS classes, slider "step" -> summary and view)."""
 from html.parser import HTMLParser
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import kvlib
-from kvlib.paged import BlockManager, Sequence, block_view
+from kvlib.cache.paged import BlockManager, Sequence
 from kvlib.serving import LLMEngine
+from kvlib.teaching import block_view
 
 MODEL = kvlib.random_gpt2(kvlib.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=128, vocab_size=97), seed=1)
 SYSTEM = torch.randint(0, 97, (10,), generator=torch.Generator().manual_seed(3)).tolist()

@@ -1,10 +1,11 @@
-"""Each deliberately broken KV-cache piece in kvlib.bugs must make cached output differ from the uncached model,
+"""Each deliberately broken KV-cache piece in kvlib.teaching.bugs must make cached output differ from the uncached model,
 and the correct piece in the same place must match it (on a tiny seeded GPT-2)."""
 import pytest
 import torch
 
 import kvlib
-from kvlib import attention, bugs
+from kvlib import attention
+from kvlib.teaching import bugs
 
 MATCH = 1e-5  # cached vs uncached logits, fp32: the same sums in another order
 DIFFER = 1e-3  # a bug moves some logit by far more than rounding can

@@ -1,4 +1,4 @@
-"""kvlib.flops: the analytic FLOP formulas equal torch's FlopCounterMode on kvlib's eager attention, exactly."""
+"""kvlib.measure.flops: the analytic FLOP formulas equal torch's FlopCounterMode on kvlib's eager attention, exactly."""
 import dataclasses
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import kvlib
-from kvlib.flops import (
+from kvlib.measure.flops import (
     FlopCount,
     attention_crossover,
     forward_flops,

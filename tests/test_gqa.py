@@ -4,7 +4,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import kvlib
-from kvlib import gqa, memory
+from kvlib.measure import memory
+from kvlib.model import gqa
 
 SHAPE = dict(n_layer=2, n_head=8, n_embd=64, n_positions=64, vocab_size=101)  # hs = 8; n_kv_head in 1, 2, 4, 8
 
@@ -55,11 +56,11 @@ def test_to_hf_refuses_gqa_configs():
 
 def test_repeat_kv_maps_query_head_to_kv_head_h_div_g():
     states = torch.randn(2, 3, 5, 4)  # (B, n_kv, T, hs)
-    out = kvlib.model.repeat_kv(states, 4)  # (B, 12, T, hs)
+    out = kvlib.model.gpt2.repeat_kv(states, 4)  # (B, 12, T, hs)
     assert out.shape == (2, 12, 5, 4)
     for h in range(12):
         assert torch.equal(out[:, h], states[:, h // 4])
-    assert kvlib.model.repeat_kv(states, 1) is states
+    assert kvlib.model.gpt2.repeat_kv(states, 1) is states
 
 
 @settings(max_examples=20, deadline=None)

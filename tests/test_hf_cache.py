@@ -5,8 +5,8 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 import kvlib
-from kvlib.batching import left_pad
-from kvlib.hf import from_dynamic_cache, to_dynamic_cache, to_static_cache
+from kvlib.model.batching import left_pad
+from kvlib.model.hf import from_dynamic_cache, to_dynamic_cache, to_static_cache
 from tests.conftest import TINY
 
 KV_ATOL = 1e-5  # fp32; K/V of the tiny model agree to ~1e-7 (same matmuls, same order)

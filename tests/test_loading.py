@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import kvlib
-from kvlib import cli
+from kvlib.__main__ import main as cli_main
 from tests.conftest import hf_gpt2
 
 
@@ -68,21 +68,21 @@ def test_real_gpt2_small_continues_messi_as_published():
 
 
 def test_cli_streams_text_and_reports_tokens_per_second(capsys):
-    assert cli.main(["generate", "--prompt", "Lionel Messi is a", "--max-new-tokens", "5", "--cache", "static"]) == 0
+    assert cli_main(["generate", "--prompt", "Lionel Messi is a", "--max-new-tokens", "5", "--cache", "static"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Lionel Messi is a") and "5 tokens in" in out and "tokens/s, static cache, cpu" in out
 
 
 def test_cli_generates_with_the_shakespeare_model(capsys):
-    assert cli.main(["generate", "--model", "shakespeare", "--prompt", "To be, or not to be", "--max-new-tokens", "8"]) == 0
+    assert cli_main(["generate", "--model", "shakespeare", "--prompt", "To be, or not to be", "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("To be, or not to be") and "weights: kvlib's Shakespeare GPT-2" in out
 
 
 def test_cli_reports_bad_requests_without_a_traceback():
     with pytest.raises(SystemExit, match="unknown model 'marlowe'"):
-        cli.main(["generate", "--model", "marlowe", "--prompt", "Hello"])
+        cli_main(["generate", "--model", "marlowe", "--prompt", "Hello"])
     with pytest.raises(SystemExit, match="exceeds the model's n_positions=1024"):
-        cli.main(["generate", "--prompt", "Hello", "--max-new-tokens", "5000", "--no-cache"])
+        cli_main(["generate", "--prompt", "Hello", "--max-new-tokens", "5000", "--no-cache"])
     with pytest.raises(SystemExit, match="no CUDA GPU|not a device name"):
-        cli.main(["generate", "--prompt", "Hello", "--device", "cuda" if not torch.cuda.is_available() else "tpu"])
+        cli_main(["generate", "--prompt", "Hello", "--device", "cuda" if not torch.cuda.is_available() else "tpu"])

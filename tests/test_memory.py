@@ -1,4 +1,4 @@
-"""kvlib.memory: the KV-cache formula, its presets and errors, checked against kvlib's caches and against the
+"""kvlib.measure.memory: the KV-cache formula, its presets and errors, checked against kvlib's caches and against the
 allocator; and the memory calculator widget."""
 import matplotlib
 import pytest
@@ -6,8 +6,9 @@ import torch
 from transformers import GPT2LMHeadModel
 
 import kvlib
-from kvlib import memory, widgets
-from kvlib.memory import GB, GiB, KiB, TiB, kB
+from kvlib.measure import memory
+from kvlib.teaching import widgets
+from kvlib.measure.memory import GB, GiB, KiB, TiB, kB
 
 matplotlib.use("Agg")
 

@@ -1,11 +1,11 @@
-"""kvlib.paged: the block allocator and prefix cache (no tensors), and PagedKVCache against the contiguous caches."""
+"""kvlib.cache.paged: the block allocator and prefix cache (no tensors), and PagedKVCache against the contiguous caches."""
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kvlib
-from kvlib.paged import BlockManager, PagedKVCache, Sequence
+from kvlib.cache.paged import BlockManager, PagedKVCache, Sequence
 
 FAST = settings(max_examples=25, deadline=None)
 MODEL = kvlib.random_gpt2(kvlib.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=256, vocab_size=97), seed=1)

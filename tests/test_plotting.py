@@ -3,7 +3,7 @@ import matplotlib
 import pytest
 
 import kvlib
-from kvlib import plotting
+from kvlib.teaching import plotting
 
 matplotlib.use("Agg")
 

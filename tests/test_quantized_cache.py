@@ -1,11 +1,11 @@
-"""QuantizedKVCache and kvlib.quantization: error bounds, bytes to the byte, cached decoding, bad input."""
+"""QuantizedKVCache and kvlib.cache.quantization: error bounds, bytes to the byte, cached decoding, bad input."""
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 import kvlib
-from kvlib import quantization as qz
-from kvlib.quantized_cache import QuantizedKVCache
+from kvlib.cache import quantization as qz
+from kvlib.cache.quantized import QuantizedKVCache
 
 SHAPE = dict(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=97)  # hs = 16
 

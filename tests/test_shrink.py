@@ -1,11 +1,11 @@
-"""kvlib.shrink on a tiny random model: the sweep runs, and its numbers agree with each other where they must."""
+"""kvlib.measure.shrink on a tiny random model: the sweep runs, and its numbers agree with each other where they must."""
 import math
 
 import pytest
 import torch
 
 import kvlib
-from kvlib import shrink
+from kvlib.measure import shrink
 
 
 @pytest.fixture(scope="module")

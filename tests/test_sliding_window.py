@@ -4,8 +4,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import kvlib
-from kvlib import memory
-from kvlib.sliding_window import SlidingWindowKVCache
+from kvlib.measure import memory
+from kvlib.cache.sliding_window import SlidingWindowKVCache
 
 SHAPE = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=97)  # hs = 8
 

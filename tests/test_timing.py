@@ -1,4 +1,4 @@
-"""kvlib.timing and kvlib.bench: well-formed records, the fixed-shape decode, OOM handling, a quick bench run.
+"""kvlib.measure.timing and kvlib.measure.bench: well-formed records, the fixed-shape decode, OOM handling, a quick bench run.
 
 No assertion here is about speed: timings depend on the machine and its load; only their form is checked.
 """
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kvlib
-from kvlib import bench, compiled, timing
+from kvlib.measure import bench, compiled, memory, timing
 
 
 def well_formed(r: timing.Measurement) -> bool:
@@ -140,8 +140,8 @@ def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tiny_model, monkeypatch
 
 
 def test_bytes_and_peaks(tiny_model):
-    assert kvlib.memory.bytes_per_token_for_config(kvlib.GPT2Config(), torch.float32) == 73_728  # GPT-2 small, REFERENCES
-    assert kvlib.memory.bytes_per_token_for_config(kvlib.GPT2Config(), torch.bfloat16) == 36_864
+    assert memory.bytes_per_token_for_config(kvlib.GPT2Config(), torch.float32) == 73_728  # GPT-2 small, REFERENCES
+    assert memory.bytes_per_token_for_config(kvlib.GPT2Config(), torch.bfloat16) == 36_864
     params = sum(p.numel() for p in tiny_model.parameters())  # the tied LM head counted once
     assert timing.weight_bytes(tiny_model) == 4 * (params - tiny_model.transformer.wpe.weight.numel())
     c = tiny_model.config

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 import kvlib
-from kvlib import train
-from kvlib.evaluate import perplexity, token_nll
+from kvlib.shakespeare import train
+from kvlib.shakespeare.evaluate import perplexity, token_nll
 
 
 def tiny_cfg(**kw):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import kvlib
-from kvlib import plotting, widgets
-from kvlib.trace import compare_prefix, count_positions, record_kv
+from kvlib.teaching import plotting, widgets
+from kvlib.teaching.trace import compare_prefix, count_positions, record_kv
 
 matplotlib.use("Agg")
 
@@ -92,7 +92,7 @@ def test_bad_arguments(args):
         widgets.step_summary(*args)
 
 
-# kvlib.trace, the measurements behind the step-through and notebook 01.
+# kvlib.teaching.trace, the measurements behind the step-through and notebook 01.
 
 def test_record_kv_keeps_every_layer_and_position(tiny_model, tiny_config):
     ids = torch.arange(7)[None]

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..model import GPT2
-from ..paged.block_manager import BlockManager, blocks_needed
-from ..paged.sequence import Sequence
+from ..model.gpt2 import GPT2
+from ..cache.paged.block_manager import BlockManager, blocks_needed
+from ..cache.paged.sequence import Sequence
 from .model_runner import ModelRunner
 from .scheduler import Scheduler
 

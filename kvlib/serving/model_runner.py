@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from ..generation import sample_next_token
-from ..model import GPT2
-from ..paged.cache import PagedKVCache
+from ..model.generation import sample_next_token
+from ..model.gpt2 import GPT2
+from ..cache.paged.cache import PagedKVCache
 from .scheduler import ScheduledBatch
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from ..paged.block_manager import BlockManager
-from ..paged.sequence import Sequence, SequenceStatus
+from ..cache.paged.block_manager import BlockManager
+from ..cache.paged.sequence import Sequence, SequenceStatus
 
 
 @dataclass
