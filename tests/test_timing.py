@@ -201,13 +201,48 @@ def test_argument_errors(tiny_model):
         compiled.generate_fixed_shape(tiny_model, ids, 8, cache=cache)
 
 
+def meta_date_is_iso(text: str) -> bool:
+    import datetime
+
+    return datetime.date.fromisoformat(text).year >= 2024
+
+
+def test_the_linear_head_option_drops_the_transposed_copy(tiny_model):
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.inference_mode():
+        with_copy = tiny_model(ids)
+        assert tiny_model.lm_head.copy_nbytes == tiny_model.lm_head.weight.numel() * 4
+        tiny_model.lm_head.transposed_copy = False
+        without = tiny_model(ids)
+    tiny_model.lm_head.transposed_copy = True
+    torch.testing.assert_close(without, with_copy)  # the same logits, computed as F.linear on the tied weight
+
+
+def test_batch_sweep_takes_turns_between_methods(tiny_model, monkeypatch):
+    order = []
+    timed = timing.sweeps.timed_generations
+
+    def spy(model, ids, n, method, **kwargs):
+        order.append((method, kwargs["repeats"], kwargs["warmup"]))
+        return timed(model, ids, n, method, **kwargs)
+
+    monkeypatch.setattr(timing.sweeps, "timed_generations", spy)
+    timing.batch_size_sweep(tiny_model, [1], new_tokens=2, prompt_len=2, repeats=2, warmup=1, progress=False)
+    assert order == [("dynamic", 1, 1), ("static", 1, 1), ("dynamic", 1, 0), ("static", 1, 0)]
+
+
 def test_quick_bench_runs_end_to_end(tmp_path, capsys):
     result = bench.main(["--quick", "--model", "tiny", "--out", str(tmp_path), "--no-progress", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "transformers cached" in out and "weight-streaming floor" in out
     summary = result["meta"]["summary"]
     assert all(summary["same_tokens"].values())  # kvlib (all caches) and transformers agree token for token
-    assert set(summary["tokens_per_s"]) == {"dynamic", "static", "uncached", "hf-cached", "hf-uncached", "weight-floor"}
+    assert set(summary["tokens_per_s"]) == {"dynamic", "static", "uncached", "hf-cached", "hf-uncached", "weight-floor",
+                                            "dynamic-linear-head", "weight-floor-linear-head"}
+    assert summary["same_tokens"]["dynamic-linear-head"] and summary["transposed_copy_speedup"] > 0
+    assert meta_date_is_iso(result["meta"]["date"])
+    config = result["meta"]["config"]
+    assert result["meta"]["lm_head_copy_bytes"] == config["vocab_size"] * config["n_embd"] * 4  # fp32 (V, C) copy
     assert summary["kvlib_cached_over_uncached"] > 0 and "uncached_over_dynamic_at_128" in summary
     stem = "cpu_L2_quick"
     meta, records = bench.load_results(tmp_path / f"timing_{stem}.json")

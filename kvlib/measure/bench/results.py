@@ -26,13 +26,15 @@ def report(result: dict) -> str:
     meta, recs = result["meta"], result["records"]
     sm = meta["summary"]
     s = meta["settings"]
-    lines = [f"kvlib.measure.bench on {meta['device']} (torch {meta['torch']}, transformers {meta['transformers']})",
+    lines = [f"kvlib.measure.bench on {meta['device']}, {meta.get('date', 'undated')} (torch {meta['torch']}, "
+             f"transformers {meta['transformers']})",
              f"weights: {meta['weights']}; {meta['config']['n_layer']} layers, {meta['dtype']}, batch 1, prompt "
              f"{s['prompt_len']} tokens, {s['new_tokens']} new tokens (greedy, no EOS), median of {s['repeats']}",
              f"{'method':<18}{'tok/s':>9}{'ms/token':>10}   (min..max tok/s)"]
     for r in recs:
         if r.sweep in ("headline", "floor"):
-            label = "weight floor" if r.sweep == "floor" else r.method
+            label = {"weight-floor": "weight floor", "weight-floor-linear-head": "floor, F.linear head"}.get(
+                r.method, r.method)
             lines.append(f"{label:<18}{r.tokens_per_s:>9.1f}{1e3 * r.median_s / r.tokens:>10.2f}   "
                          f"({r.tokens / r.max_s:.1f}..{r.tokens / r.min_s:.1f})")
     pct = ", ".join(f"{k} {v:.0f}%" for k, v in sm["kvlib_percent_of_floor"].items())
@@ -50,6 +52,11 @@ def report(result: dict) -> str:
               f"{sm['gelu_gap_ms']['q1']:.2f}..{sm['gelu_gap_ms']['q3']:.2f}); "
               f"one GELU alone: {sm['gelu_alone_us']:.1f} us",
               f"targets (reported, not asserted): {sm['targets']}"]
+    if "transposed_copy_speedup" in sm:
+        lines.append(f"kvlib dynamic with F.linear on the tied LM head (no {meta['lm_head_copy_bytes'] / 1e6:.1f} MB "
+                     f"transposed copy): {sm['kvlib_linear_head_over_hf_cached']:.2f}x transformers cached, "
+                     f"{sm['kvlib_linear_head_percent_of_floor']:.0f}% of the floor computed the same way; the copy "
+                     f"buys {sm['transposed_copy_speedup']:.2f}x")
     lines += [f"{k.replace('_', ' ')}: {v:.1f}x (per-token sweep)" for k, v in sm.items()
               if k.startswith("uncached_over")]
     if "compile_and_warmup_s" in sm:
@@ -59,13 +66,18 @@ def report(result: dict) -> str:
         lines.append(f"new tokens equal to kvlib dynamic's before the first difference: {sm['matching_new_tokens']}")
     lines.append(f"context from which the uncached step turns slower than the cached one: "
                  f"{sm['uncached_crossover_context']} (None: no crossing where both were timed)")
+    if "static_alloc_ms" in sm:
+        lines.append(f"allocating a static cache of {s['context_len']} slots: {sm['static_alloc_ms']:.1f} ms")
     lines.append(f"launch overhead {meta['launch_overhead_us']:.1f} us per op x {meta['ops_per_decode_step']} ops "
                  f"of an eager step = {sm['launch_floor_ms']:.2f} ms; device copy {meta['copy_bandwidth_gbps']:.0f} GB/s; "
                  f"matrix product {meta['matmul_gflops']:.0f} GFLOP/s")
     lines.append(f"bandwidth achieved, % of the peak {meta['peak_bandwidth_gbps']:.0f} GB/s "
                  f"({meta['peak_bandwidth_source']}): "
                  + ", ".join(f"{k} {v:.0f}%" for k, v in sm["percent_of_peak_bandwidth"].items()))
-    lines.append(f"elapsed {meta['elapsed_s']:.0f} s")
+    load = meta.get("load_average_1min")
+    lines.append(f"elapsed {meta['elapsed_s']:.0f} s"
+                 + (f"; 1-minute load average {load['start']:.1f} at the start, {load['end']:.1f} at the end "
+                    f"({meta['threads']} threads timed)" if load else ""))
     return "\n".join(lines)
 
 

@@ -8,13 +8,13 @@ import time
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import compiled, timing
-from ...model.generation import generate
+from ...model.generation import generate, make_cache
 from ...model.gpt2 import GPT2
 from ..figures import device_label
+from .floor import gelu_alone_us, op_between_gap, weight_pass
 from .results import device_slug
 
 
@@ -54,38 +54,6 @@ def hf_generate(hf_model, input_ids: torch.Tensor, new_tokens: int, use_cache: b
                              pad_token_id=0)
 
 
-def weight_pass(model: GPT2, op_between: bool = False):
-    """(one_pass, bytes): a function making one vector-matrix pass over every weight matrix, laid out as kvlib
-    multiplies them, and the bytes that pass reads.
-
-    op_between=True also runs a GELU on each product's output, the cheapest op a block runs between two products:
-    a diagnostic of what a single small op costs once a product has streamed megabytes through the caches.
-    """
-    mats = [(m.bias, m.weight) for b in model.transformer.h for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc,
-                                                                     b.mlp.c_proj)]
-    w = model.lm_head.weight  # (V, C)
-    head_t = w.t().contiguous()  # (C, V): kvlib's CPU LM head
-    x = {n: torch.randn(1, n, dtype=w.dtype, device=w.device) for n in {wt.shape[0] for _, wt in mats}}
-
-    @torch.inference_mode()
-    def one_pass():
-        for bias, weight in mats:
-            y = torch.addmm(bias, x[weight.shape[0]], weight)  # (1, out)
-            if op_between:
-                F.gelu(y, approximate="tanh")
-        return x[w.shape[1]] @ head_t if w.device.type == "cpu" else F.linear(x[w.shape[1]], w)  # (1, V)
-
-    return one_pass, sum(wt.numel() * wt.element_size() for _, wt in mats) + w.numel() * w.element_size()
-
-
-def weight_streaming_floor(model: GPT2, repeats: int = 5, warmup: int = 1) -> timing.Measurement:
-    """Seconds of one pass over the weights (see weight_pass): no batch-1 decode step can take less."""
-    one_pass, nbytes = weight_pass(model)
-    samples = timing.measure(one_pass, model.lm_head.weight.device, repeats, warmup)
-    return timing.summarize(samples, sweep="floor", method="weight-floor", batch_size=1, context=0, tokens=1,
-                            dtype=timing.dtype_name(model), bytes_per_step=nbytes)
-
-
 def headline(model: GPT2, s: Settings, compiled_step=None, progress: bool = True) -> tuple[list, dict]:
     """Whole-generation timings of every method and the floor (new_tokens passes over the weights), taking
     turns within each repeat so that a burst of background load hits all of them alike."""
@@ -103,6 +71,10 @@ def headline(model: GPT2, s: Settings, compiled_step=None, progress: bool = True
         "weight-floor": lambda n: [one_pass() for _ in range(n)],
     }
     one_pass, floor_bytes = weight_pass(model)
+    if device.type == "cpu":  # kvlib without its transposed LM-head copy, and the floor computed that way too
+        linear_pass, _ = weight_pass(model, linear_head=True)
+        runners["dynamic-linear-head"] = lambda n: generate_linear_head(model, ids, n)
+        runners["weight-floor-linear-head"] = lambda n: [linear_pass() for _ in range(n)]
     if compiled_step:
         runners["static-compiled"] = lambda n: compiled.generate_fixed_shape(model, ids, n, step=compiled_step,
                                                                            cache=fixed)
@@ -124,17 +96,28 @@ def headline(model: GPT2, s: Settings, compiled_step=None, progress: bool = True
     bar.close()
     mean_kv = s.prompt_len + (s.new_tokens - 1) / 2
     nbytes = {k: float("nan") if "uncached" in k else timing.bytes_per_decode_step(model, mean_kv) for k in samples}
-    nbytes["weight-floor"] = floor_bytes
-    records = [timing.summarize(v, sweep="floor" if k == "weight-floor" else "headline", method=k, batch_size=1,
+    nbytes.update({k: floor_bytes for k in samples if k.startswith("weight-floor")})
+    records = [timing.summarize(v, sweep="floor" if k.startswith("weight-floor") else "headline", method=k,
+                                batch_size=1,
                                 context=s.prompt_len + s.new_tokens - 1, tokens=s.new_tokens, dtype=timing.dtype_name(model),
                                 bytes_per_step=nbytes[k]) for k, v in samples.items()]
     ref = outputs.pop("dynamic").cpu()
-    outputs.pop("weight-floor")
+    for k in [k for k in outputs if k.startswith("weight-floor")]:
+        outputs.pop(k)
     extra["same_tokens"] = {k: bool(torch.equal(ref, v.cpu())) for k, v in outputs.items()}
     # Where they differ (fp16 kernels may round a near-tie the other way), how many new tokens agree first.
     extra["matching_new_tokens"] = {k: matching_prefix(ref[0, s.prompt_len:], v.cpu()[0, s.prompt_len:])
                                     for k, v in outputs.items()}
     return records, extra
+
+
+def generate_linear_head(model: GPT2, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """kvlib's dynamic-cache generate with the LM head as F.linear on the tied weight (no transposed copy)."""
+    model.lm_head.transposed_copy = False
+    try:
+        return generate(model, ids, new_tokens, cache="dynamic")
+    finally:
+        model.lm_head.transposed_copy = True
 
 
 def matching_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -162,34 +145,6 @@ def uncached_crossover(per: dict[tuple[str, int], timing.Measurement], cached: s
     return both[i]
 
 
-def op_between_gap(model: GPT2, pairs: int, passes: int) -> timing.Measurement:
-    """What one GELU after each block product adds to a pass over the weights (see weight_pass): the paired
-    difference (floor + GELUs) - floor of `pairs` interleaved runs of `passes` passes each, the order alternating,
-    so that load that drifts over seconds cancels out of each difference. Seconds per pass, as a Measurement."""
-    device = model.lm_head.weight.device
-    plain, _ = weight_pass(model)
-    gelu, _ = weight_pass(model, op_between=True)
-    diffs = []
-    for i in range(pairs):
-        seconds = {}
-        for f in ((plain, gelu) if i % 2 else (gelu, plain)):
-            seconds[f] = timing.measure(lambda: [f() for _ in range(passes)], device, 1, 1 if i == 0 else 0)[0]
-        diffs.append((seconds[gelu] - seconds[plain]) / passes)
-    return timing.summarize(diffs, sweep="floor-gap", method="gelu-minus-floor", batch_size=1, context=0, tokens=1,
-                            dtype=timing.dtype_name(model))
-
-
-def gelu_alone_us(model: GPT2, calls: int = 2000) -> float:
-    """Microseconds of one GELU on a (1, 4C) row, timed alone in a tight loop (its code and data stay cached)."""
-    x = torch.randn(1, 4 * model.config.n_embd, dtype=model.lm_head.weight.dtype, device=model.lm_head.weight.device)
-
-    def run():
-        for _ in range(calls):
-            F.gelu(x, approximate="tanh")
-
-    return 1e6 * statistics.median(timing.measure(run, x.device, repeats=3, warmup=1)) / calls
-
-
 def summarize_run(records: list[timing.Measurement], extra: dict) -> dict:
     """The headline numbers: tokens/s, the ratios, % of the floor, and uncached ÷ cached at the longest context."""
     head = {r.method: r for r in records if r.sweep in ("headline", "floor")}
@@ -204,6 +159,10 @@ def summarize_run(records: list[timing.Measurement], extra: dict) -> dict:
            "floor_ms": 1e3 / floor,
            "kvlib_percent_of_floor": {k: 100 * tps[k] / floor for k in ("dynamic", "static", "static-compiled")
                                       if k in tps}}
+    if "dynamic-linear-head" in tps:  # what the transposed LM-head copy buys, and what it costs in memory
+        out["kvlib_linear_head_over_hf_cached"] = tps["dynamic-linear-head"] / tps["hf-cached"]
+        out["transposed_copy_speedup"] = tps["dynamic"] / tps["dynamic-linear-head"]
+        out["kvlib_linear_head_percent_of_floor"] = 100 * tps["dynamic-linear-head"] / tps["weight-floor-linear-head"]
     gap = next((r for r in records if r.sweep == "floor-gap"), None)
     if gap is not None:  # one GELU after each product (paired differences): what one small op there costs
         out["gelu_gap_ms"] = {"median": 1e3 * gap.median_s, "q1": 1e3 * gap.q1_s, "q3": 1e3 * gap.q3_s}
@@ -230,11 +189,15 @@ def summarize_run(records: list[timing.Measurement], extra: dict) -> dict:
 def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, progress: bool = True) -> dict:
     """Everything one invocation measures, as a JSON-ready dict (meta, summary) plus the Measurement list."""
     t0 = time.perf_counter()
+    load_at_start = os.getloadavg()  # other work on the machine shows here: the record of how quiet it was
     device = model.lm_head.weight.device
     step = compiled.compile_decode_step(compile_mode) if compile_mode is not None else None
     records, extra = headline(model, s, step, progress)
     records.append(op_between_gap(model, s.gap_pairs, s.gap_passes))
     extra["gelu_alone_us"] = gelu_alone_us(model)
+    # What a static cache's first step pays on top of its prefill: allocating (and zero-filling) its reservation.
+    extra["static_alloc_ms"] = 1e3 * statistics.median(timing.measure(
+        lambda: make_cache(model, "static", 1, min(s.context_len, model.config.n_positions)), device, 5, 1))
     if sweeps:
         cl = min(s.context_len, model.config.n_positions)
         counts = [n for n in s.length_counts if s.prompt_len + n - 1 <= cl]
@@ -263,7 +226,7 @@ def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, pro
     peak, source = timing.peak_bandwidth_gbps(name), "datasheet"
     if peak is None:
         peak = timing.measure_read_bandwidth(device, s.bandwidth_mib * 2**20)
-        source = f"measured: sum over a {s.bandwidth_mib} MiB fp32 tensor"
+        source = f"measured: the faster of a sum and a matrix-vector product over {s.bandwidth_mib} MiB of fp32"
     import transformers
 
     meta = {"device": device_label(device), "device_slug": device_slug(device), "dtype": timing.dtype_name(model),
@@ -273,7 +236,11 @@ def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, pro
             "peak_bandwidth_gbps": peak, "peak_bandwidth_source": source, "copy_bandwidth_gbps": copy_gbps,
             "launch_overhead_us": launch_us, "matmul_gflops": matmul_gflops,
             "weight_bytes": timing.weight_bytes(model), "ops_per_decode_step": len(timing.count_decode_ops(model)),
-            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
+            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+            "date": time.strftime("%Y-%m-%d"),
+            # kvlib's CPU LM head keeps a transposed copy of the tied (V, C) embedding: these bytes on top
+            "lm_head_copy_bytes": model.lm_head.weight.numel() * model.lm_head.weight.element_size()
+            if device.type == "cpu" else 0}
     meta["summary"] = summarize_run(records, extra)
     # gpt-fast's "bandwidth achieved": bytes a decode step reads (weights + KV) × steps per second, vs the peak.
     meta["summary"]["percent_of_peak_bandwidth"] = {
@@ -282,4 +249,5 @@ def run(model: GPT2, s: Settings, *, sweeps: bool, compile_mode: str | None, pro
     # The launch model: an eager step of k ops costs at least k launches, whatever its bytes.
     meta["summary"]["launch_floor_ms"] = meta["ops_per_decode_step"] * launch_us / 1e3
     meta["elapsed_s"] = time.perf_counter() - t0
+    meta["load_average_1min"] = {"start": load_at_start[0], "end": os.getloadavg()[0]}
     return {"meta": meta, "records": records}

@@ -1,12 +1,12 @@
 """Figures of measured timings. Records are dicts as kvlib.measure.bench.load_results returns them (Measurement.as_dict())."""
 from __future__ import annotations
 
-from ..figures import finish_log_plot, plain_log_labels
+from ..figures import plain_log_labels
 
 
 TIMING_COLORS = {"uncached": "tab:red", "dynamic": "tab:blue", "static": "tab:green", "static-fixed": "tab:olive",
                  "static-compiled": "tab:purple", "hf-cached": "tab:orange", "hf-uncached": "tab:brown",
-                 "weight-floor": "grey"}
+                 "weight-floor": "grey", "dynamic-linear-head": "tab:cyan", "weight-floor-linear-head": "silver"}
 
 
 def _timing_rows(records, sweep: str, method: str | None = None, statuses=("ok",)) -> list[dict]:
@@ -15,13 +15,33 @@ def _timing_rows(records, sweep: str, method: str | None = None, statuses=("ok",
     return sorted(rows, key=lambda r: (r["context"], r["tokens"], r["batch_size"]))
 
 
-def plot_per_token_latency(records, *, title: str, crossover: int | None = None):
-    """Milliseconds per decode step against T_total (log y): cached methods as lines with their interquartile
-    band, sampled uncached forwards as points with min–max bars; `crossover`, the context from which the
-    uncached step is the slower one, as a dotted vertical line."""
+def readable_log_axis(axis) -> None:
+    """Ticks at 1, 2 and 5 times each power of ten, labelled as plain numbers (0.5, 20, 200), no minor labels."""
+    from matplotlib.ticker import LogLocator
+
+    axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    axis.set_major_formatter("{x:g}")
+    axis.set_minor_formatter("")
+
+
+def rolling_median(values, window: int):
+    """Median of each run of `window` consecutive values (centred; shorter at the ends): a noisy curve's trend."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    h = window // 2
+    return np.array([np.median(v[max(0, i - h):i + h + 1]) for i in range(len(v))])
+
+
+def plot_per_token_latency(records, *, title: str, crossover: int | None = None, window: int = 31):
+    """Milliseconds per decode step against T_total. Left, log-log: cached methods as lines with their
+    interquartile band, sampled uncached forwards as points with min–max bars (a slope of 1 there means time
+    proportional to the context); `crossover`, the context from which the uncached step is the slower one, as a
+    dotted vertical line. Right, linear axes, cached methods only: each step's median (faint) and a rolling
+    median over `window` steps, so that how much a cached step grows with the context can be read off."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, (ax, ax_c) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1.1, 1]})
     for method, color in TIMING_COLORS.items():
         rows = _timing_rows(records, "per_token", method)
         if not rows:
@@ -32,16 +52,30 @@ def plot_per_token_latency(records, *, title: str, crossover: int | None = None)
             err = [[max(m - 1e3 * r["min_s"], 0) for m, r in zip(med, rows)],
                    [max(1e3 * r["max_s"] - m, 0) for m, r in zip(med, rows)]]
             ax.errorbar(x, med, yerr=err, fmt="o-", color=color, capsize=3, label="uncached (one forward of T_total)")
-        else:
-            ax.plot(x, med, color=color, linewidth=0.8, label=f"{method} cache")
-            ax.fill_between(x, [1e3 * r["q1_s"] for r in rows], [1e3 * r["q3_s"] for r in rows], color=color,
-                            alpha=0.2, linewidth=0)
+            continue
+        ax.plot(x, med, color=color, linewidth=0.8, label=f"{method} cache")
+        ax.fill_between(x, [1e3 * r["q1_s"] for r in rows], [1e3 * r["q3_s"] for r in rows], color=color,
+                        alpha=0.2, linewidth=0)
+        w = max(1, min(window, len(med) // 3) | 1)  # odd, and short enough for a live sweep of a few steps
+        ax_c.plot(x, med, color=color, linewidth=0.5, alpha=0.35)
+        ax_c.plot(x, rolling_median(med, w), color=color, linewidth=2,
+                  label=f"{method} cache (rolling median of {w} steps)" if w > 1 else f"{method} cache")
     if crossover is not None:
         ax.axvline(crossover, color="black", linestyle=":", linewidth=1,
                    label=f"uncached slower from T_total = {crossover}")
-    ax.set(yscale="log", xlabel="context: tokens the step attends over (T_total)",
-           ylabel="time per decode step (ms)", title=title)
-    return finish_log_plot(fig, ax)
+    ax.set(xscale="log", yscale="log", xlabel="context: tokens the step attends over (T_total)",
+           ylabel="time per decode step (ms)", title="all methods, log-log")
+    readable_log_axis(ax.yaxis)
+    ax.xaxis.set_major_formatter("{x:g}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax_c.set(xlabel="context: tokens the step attends over (T_total)", ylabel="time per decode step (ms)",
+             title="cached methods, linear axes", ylim=(0, None))
+    ax_c.grid(True, alpha=0.3)
+    ax_c.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def plot_generation_length(records, *, title: str):
@@ -74,16 +108,24 @@ def plot_generation_length(records, *, title: str):
 
 
 def plot_batch_throughput(records, *, title: str):
-    """Generated tokens/s (all rows together) against batch size; out-of-memory runs marked with an x."""
+    """Generated tokens/s (all rows together) against batch size, log-log: medians with min–max whiskers, and
+    dotted the ideal of each method (batch 1's rate times B: a step that costs the same at any batch size).
+    Out-of-memory runs are marked with an x."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     top = 1.3 * max((r["tokens_per_s"] for r in _timing_rows(records, "batch")), default=1.0)
     for method, color in TIMING_COLORS.items():
         rows = _timing_rows(records, "batch", method)
         if rows:
-            ax.plot([r["batch_size"] for r in rows], [r["tokens_per_s"] for r in rows], "o-", color=color,
-                    label=f"{method} cache")
+            b = [r["batch_size"] for r in rows]
+            tps = [r["tokens_per_s"] for r in rows]
+            per_run = [r["batch_size"] * r["tokens"] for r in rows]  # tokens one run generates
+            err = [[max(t - n / r["max_s"], 0) for t, n, r in zip(tps, per_run, rows)],
+                   [max(n / r["min_s"] - t, 0) for t, n, r in zip(tps, per_run, rows)]]
+            ax.errorbar(b, tps, yerr=err, fmt="o-", color=color, capsize=3, label=f"{method} cache (min..max)")
+            ax.plot(b, [tps[0] * x / b[0] for x in b], ":", color=color, linewidth=1,
+                    label=f"{method}: batch {b[0]} rate x B (ideal)")
         oom = _timing_rows(records, "batch", method, ("oom",))
         if oom:  # drawn above the measured points, where a throughput would have been
             ax.plot([r["batch_size"] for r in oom], [top] * len(oom), "x", color=color, markersize=9,
@@ -93,7 +135,11 @@ def plot_batch_throughput(records, *, title: str):
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({r["batch_size"] for r in records if r["sweep"] == "batch"}))
     ax.xaxis.set_major_formatter("{x:g}")
-    return finish_log_plot(fig, ax)
+    readable_log_axis(ax.yaxis)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def plot_headline(records, *, title: str):
@@ -109,7 +155,9 @@ def plot_headline(records, *, title: str):
            [max(r["tokens"] / r["min_s"] - t, 0) for t, r in zip(tps, rows)]]
     ax.barh(y, tps, xerr=err, color=[TIMING_COLORS.get(r["method"], "grey") for r in rows], capsize=3)
     names = {"weight-floor": "weight-streaming floor", "hf-cached": "transformers, cache",
-             "hf-uncached": "transformers, no cache", "uncached": "kvlib, no cache"}
+             "hf-uncached": "transformers, no cache", "uncached": "kvlib, no cache",
+             "dynamic-linear-head": "kvlib, dynamic, no LM-head copy",
+             "weight-floor-linear-head": "floor, no LM-head copy"}
     ax.set_yticks(list(y), [names.get(r["method"], f"kvlib, {r['method']} cache") for r in rows])
     for i, (t, up) in enumerate(zip(tps, err[1])):
         ax.annotate(f"{t:.1f}", (t + up, i), xytext=(6, -3), textcoords="offset points", fontsize=8)  # past the whisker

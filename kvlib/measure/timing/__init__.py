@@ -21,4 +21,5 @@ from .clock import (METHODS, PEAK_BANDWIDTH_GBPS, Measurement, StepClock, bytes_
                     measure_read_bandwidth, oom_record, peak_bandwidth_gbps, random_prompt, summarize, synchronize,
                     weight_bytes)
 from .sweeps import (batch_size_sweep, context_grid, dtype_sweep, estimate_uncached_totals, generation_sweep,
-                     length_records, per_token_latency_sweep, step_records, time_uncached_forward, timed_generations)
+                     interleaved_generations, length_records, per_token_latency_sweep, step_records,
+                     time_uncached_forward, timed_generations)

@@ -166,10 +166,17 @@ def peak_bandwidth_gbps(device_name: str) -> float | None:
 
 
 def measure_read_bandwidth(device: torch.device | str, nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
-    """Achieved read bandwidth (GB/s) of summing an fp32 tensor of `nbytes`: a measured "peak" where no
-    datasheet figure applies (a CPU)."""
+    """Achieved read bandwidth (GB/s) over `nbytes` of fp32, far beyond the caches: a measured "peak" where no
+    datasheet figure applies (a CPU). The faster of two streaming kernels, since either may fall short of what
+    the memory delivers: a sum over a vector, and a matrix-vector product over an (n, n) matrix (the kind of
+    pass a batch-1 decode step makes)."""
     x = torch.ones(nbytes // 4, device=device)
-    return nbytes / statistics.median(measure(x.sum, device, repeats=repeats, warmup=1)) / 1e9
+    n = int((nbytes // 4) ** 0.5)
+    W, v = x[: n * n].view(n, n), torch.ones(n, device=device)  # (n, n), (n,)
+    best = min(statistics.median(measure(x.sum, device, repeats=repeats, warmup=1)),
+               statistics.median(measure(lambda: torch.mv(W, v), device, repeats=repeats, warmup=1))
+               * nbytes / (4 * n * n))  # the product reads n·n of the nbytes / 4 values: scale its time
+    return nbytes / best / 1e9
 
 
 def measure_copy_bandwidth(device: torch.device | str, nbytes: int = 1 << 30, repeats: int = 5) -> float:

@@ -78,6 +78,20 @@ def timed_generations(model: GPT2, input_ids: torch.Tensor, max_new_tokens: int,
     return runs
 
 
+def interleaved_generations(model: GPT2, input_ids: torch.Tensor, max_new_tokens: int, methods: tuple[str, ...], *,
+                            repeats: int = 3, warmup: int = 1, compiled_step=None,
+                            progress: bool = True) -> dict[str, list[list[float]]]:
+    """`timed_generations` of every method, the methods taking turns within each repeat (after every method's
+    warm-up), so that load drifting over a long sweep hits them alike: {method: runs}."""
+    runs = {m: [] for m in methods}
+    for r in range(repeats):
+        for m in methods:
+            runs[m] += timed_generations(model, input_ids, max_new_tokens, m, repeats=1,
+                                         warmup=warmup if r == 0 else 0, compiled_step=compiled_step,
+                                         progress=progress)
+    return runs
+
+
 def step_records(model: GPT2, runs: list[list[float]], method: str, input_ids: torch.Tensor) -> list[Measurement]:
     """Per-step medians over runs: one "prefill" record, then one "per_token" record per T_total."""
     B, T_prompt = input_ids.shape
@@ -178,9 +192,9 @@ def per_token_latency_sweep(model: GPT2, *, context_len: int | None = None, prom
     ids = random_prompt(model, 1, prompt_len)
     new_tokens = context_len - prompt_len + 1
     records: list[Measurement] = []
-    for method in methods:
-        runs = timed_generations(model, ids, new_tokens, method, repeats=repeats, warmup=warmup,
-                                 compiled_step=compiled_step, progress=progress)
+    all_runs = interleaved_generations(model, ids, new_tokens, methods, repeats=repeats, warmup=warmup,
+                                       compiled_step=compiled_step, progress=progress)
+    for method, runs in all_runs.items():
         records += step_records(model, runs, method, ids) + length_records(model, runs, method, ids,
                                                                            new_token_counts or [])
     if uncached_points:
@@ -200,20 +214,24 @@ def _guarded(fn: Callable[[], list[Measurement]], **oom_fields) -> list[Measurem
 def generation_sweep(model: GPT2, *, sweep: str, batch_sizes: list[int] = (1,), new_tokens: int = 32,
                      prompt_len: int = 16, methods: tuple[str, ...] = ("dynamic", "static"), repeats: int = 3,
                      warmup: int = 1, compiled_step=None, progress: bool = True) -> list[Measurement]:
-    """Total time and tokens/s of whole generations (new_tokens per row) for every batch size and method.
+    """Total time and tokens/s of whole generations (new_tokens per row) for every batch size and method, the
+    methods taking turns within each repeat.
 
-    Each (batch size, method) is guarded: a CUDA out-of-memory error gives an "oom" record, not a crash.
+    Each batch size is guarded: a CUDA out-of-memory error gives "oom" records, not a crash.
     """
     records = []
     for B in batch_sizes:
         ids = random_prompt(model, B, prompt_len)
-        for method in methods:
-            def run(method=method, ids=ids):
-                runs = timed_generations(model, ids, new_tokens, method, repeats=repeats, warmup=warmup,
-                                         compiled_step=compiled_step, progress=progress)
-                return length_records(model, runs, method, ids, [new_tokens], sweep=sweep)
-            records += _guarded(run, sweep=sweep, method=method, batch_size=B, context=prompt_len + new_tokens - 1,
-                                tokens=new_tokens, dtype=dtype_name(model))
+
+        try:  # the methods take turns within each repeat
+            runs = interleaved_generations(model, ids, new_tokens, tuple(methods), repeats=repeats, warmup=warmup,
+                                           compiled_step=compiled_step, progress=progress)
+        except torch.cuda.OutOfMemoryError:
+            records += [oom_record(sweep=sweep, method=m, batch_size=B, context=prompt_len + new_tokens - 1,
+                                   tokens=new_tokens, dtype=dtype_name(model)) for m in methods]
+            continue
+        records += [r for m, m_runs in runs.items()
+                    for r in length_records(model, m_runs, m, ids, [new_tokens], sweep=sweep)]
     return records
 
 
