@@ -200,3 +200,10 @@ def test_greedy_logits_expose_each_bug(tiny_model, ids, variant):
         out = bugs.cached_greedy(tiny_model, prompt, 8, cache, **kwargs)
     with torch.no_grad():
         assert max_diff(out.logits, tiny_model(out.sequences[:, :-1])) > DIFFER
+
+
+def test_check_passes_only_on_the_same_text_within_the_tolerance():
+    assert bugs.Check(same_text=True, max_diff=1e-5, tol=1e-4).passes
+    assert bugs.Check(same_text=True, max_diff=1e-3, tol=1e-4).caught  # logits alone catch it
+    assert bugs.Check(same_text=False, max_diff=0.0, tol=1e-4).caught
+    assert bugs.Check(same_text=True, max_diff=float("nan"), tol=1e-4).caught  # NaN logits never pass

@@ -50,3 +50,32 @@ def test_attention_share_draws_one_panel_per_definition():
     fig = plotting.plot_attention_share([1, 2, 3], panels, n_positions=2, crossovers={"x": 2}, title="t")
     assert [ax.get_title() for ax in fig.axes] == ["p1", "p2"]
     plt.close(fig)
+
+
+def test_cumulative_flops_draws_the_fits_visibly_beyond_the_fit_range():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = np.array([1, 10, 100, 1000])
+    fig = plotting.plot_cumulative_flops(n, {"a": [1e3, 1e5, 1e7, 1e9]}, fits={"a": (2.0, np.log(1e3))},
+                                         fit_range=(100, 1000), title="t")
+    fit = next(line for line in fig.axes[0].get_lines() if "fit" in line.get_label())
+    assert min(fit.get_xdata()) == 1 and fit.get_color() == "black"  # extended to n = 1, not hidden under "a"
+    plt.close(fig)
+
+
+def test_step_times_draw_the_reference_beside_the_live_lines():
+    import matplotlib.pyplot as plt
+
+    fig = plotting.plot_step_times([1, 2, 3], {"live": [0.01, 0.02, 0.03]}, title="t",
+                                   reference={"committed": ([1, 3], [0.02, 0.04])})
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert list(lines["committed"].get_ydata()) == [20.0, 40.0] and lines["committed"].get_linestyle() == "--"
+    plt.close(fig)
+
+
+def test_rolling_median_keeps_the_length_and_ignores_a_spike():
+    from kvlib.measure.bench.timing_figures import rolling_median
+
+    smooth = rolling_median([1, 1, 1, 9, 1, 1, 1], window=3)
+    assert len(smooth) == 7 and max(smooth) == 1

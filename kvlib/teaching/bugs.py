@@ -16,6 +16,10 @@ that case (chunked prefill, a second request, a long buffer):
 (e) `top_left_causal_sdpa`: SDPA with `is_causal=True`, whose triangle is aligned top-left: with T_q=1, T_k=5
     the one new query sees only key 0. Run a model with it inside `swap_attention(...)`.
 (f) `StatefulGPT2`: a cache kept on the module and reused by the next request.
+(g) (shown on a toy cache in notebook 02) a preallocated cache that writes and returns all of its `max_batch` rows
+    whatever the batch: a batch of 1 comes back broadcast to `max_batch` rows, a smaller batch of several raises.
+
+A run is judged by `Check`: the naive loop's tokens, and logits within a stated tolerance of the uncached model's.
 
 The correct pieces are `kvlib.causal_mask` and `offset_position_ids`. Shapes: B batch, nh heads, hs head size,
 T_new tokens fed in one forward, T_total = cached + T_new, V vocabulary.
@@ -35,6 +39,24 @@ from ..model.gpt2 import GPT2
 
 MaskFn = Callable[[int, int, "torch.device | str | None"], torch.Tensor]  # (T_new, T_total, device) -> bool mask
 PositionFn = Callable[[int, int, "torch.device | str | None"], torch.Tensor]  # (past_len, T_new, device) -> (T_new,)
+
+
+class Check(NamedTuple):
+    """One cached run judged against the uncached model: the naive loop's tokens, and logits within `tol`."""
+
+    same_text: bool  # the same greedy tokens as the naive (uncached) loop
+    max_diff: float  # largest |cached - uncached logit| over the run's own tokens
+    tol: float  # the tolerance for float rounding
+
+    @property
+    def passes(self) -> bool:
+        """Indistinguishable from the uncached model: same tokens and logits within the tolerance."""
+        return self.same_text and self.max_diff < self.tol
+
+    @property
+    def caught(self) -> bool:
+        """The comparison tells this run from the uncached model."""
+        return not self.passes
 
 
 def offset_position_ids(past_len: int, T_new: int, device: torch.device | str | None = None) -> torch.Tensor:

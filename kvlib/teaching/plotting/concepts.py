@@ -105,21 +105,24 @@ def plot_step_flops(t, uncached, cached, *, measured: dict | None = None, title:
 
 
 def plot_cumulative_flops(n, totals: dict, *, fits: dict, fit_range: tuple[int, int], title: str):
-    """Total FLOPs of generating n tokens, log-log, with the fitted power laws (dashed) over fit_range.
+    """Total FLOPs of generating n tokens, log-log, with the power laws fitted over fit_range (shaded).
 
     totals: {label: FLOPs at each n}; fits: {label: (slope, intercept)} of log(FLOPs) = slope·log(n) + intercept.
+    Each fit is drawn dashed in black over the whole n range: on the curve inside fit_range, and visibly off it
+    below, where the terms of lower order bend the curve.
     """
     import matplotlib.pyplot as plt
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lo, hi = fit_range
-    grid = np.geomspace(lo, hi, 50)
-    for label, values in totals.items():
-        (line,) = ax.plot(n, [v / 1e12 for v in values], label=label)
+    grid = np.geomspace(min(n), max(n), 80)
+    ax.axvspan(lo, hi, color="grey", alpha=0.12, label=f"fit range n = {lo}..{hi}")
+    for (label, values), dash in zip(totals.items(), ("--", ":")):
+        ax.plot(n, [v / 1e12 for v in values], linewidth=2.5, label=label)
         slope, intercept = fits[label]
-        ax.plot(grid, np.exp(intercept) * grid**slope / 1e12, linestyle="--", color=line.get_color(),
-                linewidth=2.5, alpha=0.6, label=f"fit over n = {lo}..{hi}: slope {slope:.2f}")
+        ax.plot(grid, np.exp(intercept) * grid**slope / 1e12, linestyle=dash, color="black", linewidth=1.2,
+                label=f"{label}: fit, slope {slope:.2f}, extended")
     ax.set(xscale="log", yscale="log", xlabel="tokens generated n", ylabel="cumulative TFLOP", title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -156,14 +159,24 @@ def plot_attention_share(t, panels: dict, *, n_positions: int, crossovers: dict,
 
 
 
-def plot_step_times(t, seconds_by_label: dict, *, title: str):
-    """Measured wall time of each generation step (ms) against the sequence length it sees."""
+def plot_step_times(t, seconds_by_label: dict, *, title: str, reference: dict | None = None):
+    """Measured wall time of each generation step (ms) against the sequence length it sees, as lines with dots.
+
+    reference: {label: (ts, seconds)} drawn dashed with hollow markers in the colour of the line of the same
+    position (e.g. a committed run on another machine, beside a live one).
+    """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    colors = []
     for label, seconds in seconds_by_label.items():
-        ax.plot(t, [1e3 * s for s in seconds], marker="o", markersize=3, label=label)
-    ax.set(xlabel="sequence length t seen by the step (tokens)", ylabel="step time (ms)", title=title, ylim=(0, None))
+        (line,) = ax.plot(t, [1e3 * s for s in seconds], marker="o", markersize=3, label=label)
+        colors.append(line.get_color())
+    for i, (label, (ts, seconds)) in enumerate((reference or {}).items()):
+        ax.plot(ts, [1e3 * s for s in seconds], linestyle="--", marker="o", markersize=6, fillstyle="none",
+                linewidth=1, color=colors[i % len(colors)] if colors else None, label=label)
+    ax.set(xlabel="sequence length t seen by the step (tokens)", ylabel="step time (ms)", title=title,
+           ylim=(0, None))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -226,7 +239,7 @@ def plot_kv_step_grids(grids: dict, *, title: str):
         ax.grid(which="minor", color="white", linewidth=1)
         ax.tick_params(which="minor", length=0, labelsize=7)
         ax.tick_params(labelsize=7)
-        ax.set(xlabel="token position", ylabel="generation step (0 = prompt)", title=name)
+        ax.set(xlabel="token position", ylabel="generation step (0 = the prefill)", title=name)
     handles = [Patch(color=STEP_COLORS[code], label=label) for code, label in STEP_LABELS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8)
     fig.suptitle(title)
@@ -241,7 +254,7 @@ def plot_batch_slots(kinds, labels: dict, *, title: str):
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    colors = ["lightgrey", "tab:blue", "tab:green", "darkgrey"]
+    colors = ["#d9d9d9", "tab:blue", "tab:green", "#e8a29a"]  # left padding grey, after-EOS padding rose
     fig, ax = plt.subplots(figsize=(max(6, 0.22 * kinds.shape[1]), 0.5 * kinds.shape[0] + 1.6))
     ax.imshow(kinds, cmap=ListedColormap(colors), vmin=0, vmax=3, aspect="auto", interpolation="nearest")
     ax.set_xticks([x - 0.5 for x in range(1, kinds.shape[1])], minor=True)

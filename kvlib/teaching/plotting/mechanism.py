@@ -9,7 +9,7 @@ def plot_kv_growth(T_prompt: int, n_steps: int, n_head: int, *, head_dim: int, t
     """One layer's key tensor (B=1, nh, T, hs) after the prefill and after each of n_steps decode steps.
 
     Each panel is the tensor seen from the side: a row per head (dim 1), a column per token (dim 2), each cell
-    holding hs numbers. Blue: the prompt's K (written by the prefill); light blue: tokens appended by earlier
+    holding one head's hs-number key vector for one token. Blue: the prompt's K (written by the prefill); light blue: tokens appended by earlier
     steps; orange: the column this step appends. The values tensor grows the same way.
     """
     import matplotlib.pyplot as plt
@@ -30,16 +30,17 @@ def plot_kv_growth(T_prompt: int, n_steps: int, n_head: int, *, head_dim: int, t
         ax.set_title(f"{name}: K of shape (1, {n_head}, {T}, {head_dim})", fontsize=9, loc="left")
         ax.set(xlim=(0, T_max), ylim=(n_head, 0), xticks=[p + 0.5 for p in range(T_max)], yticks=[])
         ax.set_xticklabels([str(p) for p in range(T_max)], fontsize=7)
-        ax.set_ylabel(f"{n_head} heads", fontsize=8)
+        ax.set_ylabel(f"{n_head} heads\n(dim 1)", fontsize=8)
         for side in ("top", "right", "left", "bottom"):
             ax.spines[side].set_visible(False)
-    axes[-1, 0].set_xlabel("token position: the T axis (dim 2) that the cache grows along")
-    fig.legend(handles=[Patch(color=NEWEST_COLOR, label="written by this forward"),
-                        Patch(color=PROMPT_COLOR, label="prompt K, cached"),
-                        Patch(color=NEW_COLOR, label="generated tokens' K, cached")],
-               loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.01))
+    axes[-1, 0].set_xlabel(f"token position: the T axis (dim 2) that the cache grows along\n"
+                           f"each cell: one head's key for one token, a vector of hs = {head_dim} numbers")
+    axes[-1, 0].legend(handles=[Patch(color=NEWEST_COLOR, label="written by this forward"),
+                                Patch(color=PROMPT_COLOR, label="prompt K, cached"),
+                                Patch(color=NEW_COLOR, label="generated tokens' K, cached")],
+                       loc="upper center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.45), frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout()
     return fig
 
 
