@@ -11,7 +11,7 @@ end, and so does a live number printed in a cell whose output nbval compares.
 
 The notebooks are chosen by their code (anything that imports a clock, `timeit`, `torch.utils.benchmark` or
 `kvlib.measure.timing`/`kvlib.measure.bench`), so a new timing notebook is covered without editing this file.
-It costs two nbval runs of those notebooks (about 3 minutes on a 2-core CPU). Run it alone with
+It costs two nbval runs of those notebooks (about 2 minutes on a 2-core CPU). Run it alone with
 `pytest -m machine_independence`; leave it out with `-m "not machine_independence"`.
 """
 from __future__ import annotations

@@ -109,7 +109,7 @@ def block_table_step_figure(snap: dict):
         for logical, (block, filled) in enumerate(zip(table, block_fill(snap, rid))):
             top.add_patch(Rectangle((logical, y), 0.9, 0.9, facecolor=colors(rid % 10), alpha=0.35,
                                     edgecolor="0.3", lw=0.6))
-            top.text(logical + 0.45, y + 0.45, f"→ #{block}\n{filled}/{bs}", ha="center", va="center", fontsize=7)
+            top.text(logical + 0.45, y + 0.45, f"#{block}\n{filled}/{bs}", ha="center", va="center", fontsize=7)
             pool.add_artist(ConnectionPatch((logical + 0.45, y), (block + 0.45, 0.9), "data", "data",
                                             axesA=top, axesB=pool, color=colors(rid % 10), lw=0.7, alpha=0.7))
     owners: dict[int, list[int]] = {}
@@ -130,7 +130,7 @@ def block_table_step_figure(snap: dict):
         for side in ax.spines.values():
             side.set_visible(False)
     top.set_title(f"Block tables after step {snap['step']}: logical block i → physical block #n "
-                  f"(filled slots / {bs})", fontsize=9)
+                  f"(label: #n, filled slots / {bs})", fontsize=9)
     pool.set_xlabel(f"the pool: {n} physical blocks (coloured: in use; hatched: shared; grey: free but cached)",
                     fontsize=8)
     fig.tight_layout()
