@@ -10,7 +10,7 @@ from kvlib.serving.input_batch import build_packed_batch
 from kvlib.serving.packed_forward import PackedGPT2
 from kvlib.serving.prepacked import PrepackedLinear
 
-CONFIG = kvlib.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=97)
+CONFIG = kvlib.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=128, vocab_size=97)
 BLOCK = 4
 
 

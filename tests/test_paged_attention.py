@@ -11,10 +11,16 @@ from hypothesis import strategies as st
 
 from kvlib.cache.paged.attention import (gather_paged_attention, merge_attn_states, online_softmax_paged_attention,
                                          query_positions, split_paged_attention)
-from kvlib.cache.paged.fast_attention import decode_attention, paged_attention
+from kvlib.cache.paged.decode_kernel import compiled_decode_attention, decode_work, paged_decode_attention
+from kvlib.cache.paged.fast_attention import gather_decode_attention, paged_attention
 
 FAST = settings(max_examples=40, deadline=None)
 TOL = dict(atol=1e-12, rtol=0)  # float64 throughout: only the order of the sums differs
+
+
+# (K/V heads, query heads per K/V head): MHA, GQA, MQA, all with 4 query heads of 8 (the compiled kernel is built
+# once per head layout: the same ones serve every test file)
+HEADS = [(4, 1), (2, 2), (1, 4)]
 
 
 def make_step(block_size, rows, nkv=2, groups=2, hs=8, seed=0):
@@ -55,9 +61,10 @@ rows_strategy = st.lists(st.tuples(st.integers(0, 40), st.integers(1, 9)), min_s
 
 
 @FAST
-@given(block_size=st.integers(1, 9), rows=rows_strategy, nkv=st.sampled_from([1, 2]), groups=st.sampled_from([1, 3]),
-       per_split=st.integers(1, 6), seed=st.integers(0, 2**16))
-def test_every_path_equals_the_dense_reference(block_size, rows, nkv, groups, per_split, seed):
+@given(block_size=st.integers(1, 9), rows=rows_strategy, heads=st.sampled_from(HEADS), per_split=st.integers(1, 6),
+       seed=st.integers(0, 2**16))
+def test_every_path_equals_the_dense_reference(block_size, rows, heads, per_split, seed):
+    nkv, groups = heads
     step = make_step(block_size, rows, nkv, groups, seed=seed)
     ref = dense_reference(*step)
     out, lse = gather_paged_attention(*step)
@@ -75,24 +82,30 @@ def test_every_path_equals_the_dense_reference(block_size, rows, nkv, groups, pe
         new_slots += [int(tables[r, p // block_size]) * block_size + p % block_size for p in range(c, c + q)]
     key, value = kc.view(-1, nkv, kc.shape[-1])[new_slots], vc.view(-1, nkv, vc.shape[-1])[new_slots]
     ql = [q_lens[r] for r in order]
-    fast = paged_attention(packed, key, value, kc, vc, tables[order], seq_lens[order],
-                           torch.tensor([0] + ql).cumsum(0), num_decode_rows=ql.count(1), query_lens=ql,
-                           context_lens=[rows[r][0] for r in order])
+    with torch.inference_mode():
+        fast = paged_attention(packed, key, value, kc, vc, tables[order], seq_lens[order],
+                               torch.tensor([0] + ql).cumsum(0), num_decode_rows=ql.count(1), query_lens=ql,
+                               context_lens=[rows[r][0] for r in order])
     torch.testing.assert_close(fast, torch.cat([ref[starts[r]:starts[r + 1]] for r in order]), **TOL)
 
 
 @FAST
 @given(block_size=st.integers(1, 17), lens=st.lists(st.integers(1, 120), min_size=1, max_size=6),
-       per_split=st.integers(1, 9), seed=st.integers(0, 2**16))
-def test_decode_attention_equals_the_gather(block_size, lens, per_split, seed):
-    query, kc, vc, tables, seq_lens, starts = make_step(block_size, [(n - 1, 1) for n in lens], seed=seed)
+       heads=st.sampled_from(HEADS), seed=st.integers(0, 2**16))
+def test_decode_kernels_equal_the_gather(block_size, lens, heads, seed):
+    nkv, groups = heads
+    query, kc, vc, tables, seq_lens, starts = make_step(block_size, [(n - 1, 1) for n in lens], nkv, groups, seed=seed)
     ref = gather_paged_attention(query, kc, vc, tables, seq_lens, starts)[0]
-    out = decode_attention(query, kc, vc, tables, seq_lens, blocks_per_split=per_split)
-    torch.testing.assert_close(out, ref, **TOL)
+    work = decode_work(tables, seq_lens, block_size)
+    assert len(work.block) == sum(-(-n // block_size) for n in lens)  # one item per block holding keys: no padding
+    with torch.inference_mode():  # as the engine calls it (and one compilation serves every case)
+        for kernel in (compiled_decode_attention, paged_decode_attention):
+            torch.testing.assert_close(kernel(query, kc, vc, seq_lens, work), ref, **TOL)
+        torch.testing.assert_close(gather_decode_attention(query, kc, vc, tables, seq_lens), ref, **TOL)
 
 
 def test_log_sum_exp_is_the_natural_one_of_the_scores():
-    query, kc, vc, tables, seq_lens, starts = make_step(4, [(9, 1), (0, 3)])
+    query, kc, vc, tables, seq_lens, starts = make_step(4, [(9, 1), (0, 3)])  # 2 K/V heads, 2 queries each
     _, lse = online_softmax_paged_attention(query, kc, vc, tables, seq_lens, starts)
     _, pos = query_positions(seq_lens, starts)
     row = torch.repeat_interleave(torch.arange(2), starts[1:] - starts[:-1])

@@ -47,7 +47,7 @@ request = st.tuples(st.booleans(), st.lists(st.integers(0, 96), min_size=0, max_
 @settings(max_examples=100, deadline=None)  # at least 100 engine-vs-generate cases in every CI run
 @given(reqs=st.lists(request, min_size=1, max_size=5), block_size=st.integers(1, 8), spare=st.integers(0, 12),
        prefix_caching=st.booleans(), budget=st.integers(1, 32), data=st.data(),
-       layout=st.sampled_from([("fast", True), ("fast", True), ("eager", True), ("online_softmax", True),
+       layout=st.sampled_from([("fast", True), ("fast", True), ("split", True), ("online_softmax", True),
                                ("gather", True), (None, False)]))
 def test_engine_equals_generate_alone(reqs, block_size, spare, prefix_caching, budget, data, layout):
     requests = [((SYSTEM if shared else ()) + tuple(tail) or (3,), n) for shared, tail, n in reqs]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..cache.paged.cache import PagedKVCache
+from ..cache.paged.decode_kernel import decode_work
 from ..cache.paged.fast_attention import ATTENTION_BACKENDS, paged_attention
 from ..model.gpt2 import GPT2
 from .input_batch import PackedBatch
@@ -54,6 +55,10 @@ class PackedGPT2:
         cfg, h = self.model.config, self.model.transformer
         T, C, nh, nkv, hs = batch.num_tokens, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.refresh_if_stale()
+        D = batch.num_decode_rows
+        decode = None  # the decode rows' (row, block) work items, once for every layer
+        if D and self.attention == "fast":
+            decode = decode_work(batch.block_tables[:D], batch.seq_lens[:D], self.kv_cache.block_size)
         x = h.wte(batch.input_ids) + h.wpe(batch.positions)  # (T, C)
         for i, (block, (qkv_proj, out_proj, fc, fc_proj)) in enumerate(zip(h.h, self.layers)):
             q, k, v = qkv_proj(block.ln_1(x)).split([C, nkv * hs, nkv * hs], dim=-1)  # (T, C), (T, nkv*hs) x2
@@ -64,7 +69,7 @@ class PackedGPT2:
             y = paged_attention(q, k, v, key_cache, value_cache, batch.block_tables, batch.seq_lens,
                                 batch.query_start_loc, num_decode_rows=batch.num_decode_rows,
                                 query_lens=batch.query_lens, context_lens=batch.context_lens,
-                                backend=self.attention).reshape(T, C)  # (T, C): heads side by side
+                                backend=self.attention, decode=decode).reshape(T, C)  # (T, C): heads side by side
             if i == cfg.n_layer - 1:  # from here on rows do not mix: keep only those that produce a token
                 if not len(batch.logits_indices):  # only prompt chunks that are not their last: K/V written, done
                     return x.new_empty(0, cfg.vocab_size)
