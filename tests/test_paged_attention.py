@@ -2,6 +2,7 @@
 fast path, all equal to the gather path (and that to a dense per-row SDPA) for any block size, lengths, query
 lengths (decode, prefill, prefill after a cached prefix) and head grouping; the merge's known pitfalls."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -167,3 +168,22 @@ def test_references_refuse_mismatched_inputs():
     with pytest.raises(ValueError, match="backend"):
         paged_attention(query, query, query, kc, vc, tables, seq_lens, starts, num_decode_rows=1, query_lens=[1],
                         context_lens=[3], backend="flash")
+
+
+def test_fast_decode_falls_back_to_the_eager_kernel_once_compilation_fails(monkeypatch):
+    """A machine without a C++ compiler cannot build the compiled kernel: one warning, then the same function run
+    eagerly, with the gather's result."""
+    from kvlib.cache.paged import decode_kernel
+
+    def no_compiler(*args):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+    monkeypatch.setattr(decode_kernel, "compiled_decode_attention", no_compiler)
+    monkeypatch.setattr(decode_kernel, "_compile_failed", None)
+    query, kc, vc, tables, seq_lens, starts = make_step(4, [(9, 1), (30, 1), (0, 1)])
+    ref = gather_paged_attention(query, kc, vc, tables, seq_lens, starts)[0]
+    work = decode_work(tables, seq_lens, 4)
+    with pytest.warns(RuntimeWarning, match="could not build the paged decode kernel.*C\\+\\+ compiler"):
+        torch.testing.assert_close(decode_kernel.fast_decode_attention(query, kc, vc, seq_lens, work), ref, **TOL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: the second step falls back silently
+        torch.testing.assert_close(decode_kernel.fast_decode_attention(query, kc, vc, seq_lens, work), ref, **TOL)

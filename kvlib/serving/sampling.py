@@ -29,7 +29,7 @@ def _check_int(name: str, value, low: int, allow_none: bool, hint: str = "") -> 
 class SamplingParams:
     """How one request picks its tokens. Checked when built: a bad value raises here, before any engine sees it."""
     max_tokens: int = 16  # tokens to generate (vLLM's default is 16 too)
-    temperature: float = 0.0  # 0 = greedy; > 0 divides the logits before sampling
+    temperature: float = 0.0  # 0 = greedy (kvlib's default; vLLM's is 1.0); > 0 divides the logits before sampling
     top_k: int | None = None  # keep the k most likely tokens (None: all; vLLM's 0 or -1)
     top_p: float = 1.0  # keep the most likely tokens whose probabilities sum to top_p, in (0, 1]
     seed: int | None = None  # a generator of the request's own, for reproducible sampling

@@ -74,7 +74,12 @@ def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_c
     return out.view(R, nh, hs)
 
 
+def _kernel(query, key_cache, value_cache, seq_lens, block, row, first_pos, merge_index) -> torch.Tensor:
+    return paged_decode_attention(query, key_cache, value_cache, seq_lens, DecodeWork(block, row, first_pos, merge_index))
+
+
 _compiled = None
+_compiled_for: set[tuple] = set()  # (dtype, head layout) the kernel has been compiled for
 _compile_failed: str | None = None  # why torch.compile could not build the kernel here (no C++ compiler, ...)
 
 
@@ -87,26 +92,40 @@ def compiled_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, valu
     compiler specialises sizes 0 and 1."""
     global _compiled
     if _compiled is None:
-        _compiled = torch.compile(paged_decode_attention, dynamic=True, fullgraph=True)
+        _compiled = torch.compile(_kernel, dynamic=True, fullgraph=True)
     R, W = work.merge_index.shape
     I = work.block.shape[0]
+    args = [query, seq_lens, work.block, work.row, work.first_pos, work.merge_index]
     with torch.inference_mode():  # inference tensors whoever calls: the compiled code guards on that too
-        args = [query, seq_lens, work.block, work.row, work.first_pos, work.merge_index]
-        query, seq_lens, block, row, first_pos, merge_index = [t.clone() for t in args]
-        if R < 2 or I < 2 or W < 2:
-            query = torch.cat([query, query.new_zeros(1, *query.shape[1:])])
-            seq_lens = torch.cat([seq_lens, seq_lens.new_ones(1)])
-            block, first_pos = torch.cat([block, block.new_zeros(1)]), torch.cat([first_pos, first_pos.new_zeros(1)])
-            row = torch.cat([row, row.new_full((1,), R)])
-            merge_index = torch.cat([merge_index, merge_index.new_full((1, W), -1)])
-            merge_index[R, 0] = I
-            merge_index = torch.cat([merge_index, merge_index.new_full((R + 1, 1), -1)], dim=1)
+        if R < 2 or I < 2 or W < 2 or not all(t.is_inference() for t in args):
+            args = _pad([t.clone() for t in args], R, I, W) if (R < 2 or I < 2 or W < 2) else [t.clone() for t in args]
+        query, seq_lens, block, row, first_pos, merge_index = args
         for t, dims in ((query, (1, 2)), (key_cache, (2, 3)), (value_cache, (2, 3))):
             for d in dims:
                 torch._dynamo.mark_static(t, d)
-        with shape_config.patch(use_duck_shape=False, backed_size_oblivious=True):
-            out = _compiled(query, key_cache, value_cache, seq_lens, DecodeWork(block, row, first_pos, merge_index))
+        key = (query.dtype, tuple(query.shape[1:]), tuple(key_cache.shape[2:]), key_cache.is_inference())
+        if key in _compiled_for:
+            return _compiled(query, key_cache, value_cache, seq_lens, block, row, first_pos, merge_index)[:R]
+        # While it compiles: no duck sizing, and room for one compilation per head layout and dtype (the default
+        # limit of 8 would send a process that serves many model shapes to the eager fallback).
+        with shape_config.patch(use_duck_shape=False, backed_size_oblivious=True), \
+                torch._dynamo.config.patch(recompile_limit=64):
+            out = _compiled(query, key_cache, value_cache, seq_lens, block, row, first_pos, merge_index)
+        _compiled_for.add(key)
         return out[:R]
+
+
+def _pad(args: list[torch.Tensor], R: int, I: int, W: int) -> list[torch.Tensor]:
+    """Append a dummy row with one key in block 0 (one more item) and a column of -1: no size below 2."""
+    query, seq_lens, block, row, first_pos, merge_index = args
+    query = torch.cat([query, query.new_zeros(1, *query.shape[1:])])
+    seq_lens = torch.cat([seq_lens, seq_lens.new_ones(1)])
+    block, first_pos = torch.cat([block, block.new_zeros(1)]), torch.cat([first_pos, first_pos.new_zeros(1)])
+    row = torch.cat([row, row.new_full((1,), R)])
+    merge_index = torch.cat([merge_index, merge_index.new_full((1, W), -1)])
+    merge_index[R, 0] = I
+    merge_index = torch.cat([merge_index, merge_index.new_full((R + 1, 1), -1)], dim=1)
+    return [query, seq_lens, block, row, first_pos, merge_index]
 
 
 def fast_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
