@@ -139,7 +139,7 @@ def _vllm_info(llm, args) -> dict:
                 startup_s=args.startup_s)
 
 
-def _profiled_serve(adapter, requests) -> dict:
+def profiled_serve(adapter, requests) -> dict:
     """serve() with each step inside a kvlib::step region (vLLM's forward is not hooked: its op names tell)."""
     from torch.profiler import record_function
 
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
                 answer = serve(adapter, [tuple(r) for r in cmd["requests"]], cmd.get("arrivals"))
             elif cmd["cmd"] == "profile":
                 llm.reset_prefix_cache()
-                answer = _profiled_serve(adapter, [tuple(r) for r in cmd["requests"]])
+                answer = profiled_serve(adapter, [tuple(r) for r in cmd["requests"]])
             else:
                 raise ValueError(f"unknown command {cmd['cmd']!r}")
         except Exception as err:  # report it to the bench instead of dying silently

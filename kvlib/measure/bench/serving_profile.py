@@ -17,7 +17,7 @@ import time
 import torch
 
 from ...config import GPT2Config
-from .engine_driver import profile_ops, serve
+from .engine_driver import profiled_serve
 
 BUCKETS = {  # checked in this order: "attention" before "products" (bmm)
     "index ops (K/V gathers, slot writes)": ("aten::index", "index_put", "index_select", "aten::gather", "scatter",
@@ -87,17 +87,9 @@ def profile_kvlib(adapter, requests) -> dict:
         regions.pop().__exit__(None, None, None)
 
     hooks = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave)]
-    step = adapter.step
-
-    def marked_step():
-        with record_function("kvlib::step"):
-            return step()
-
-    adapter.step = marked_step
     try:
-        prof = profile_ops(lambda: serve(adapter, requests))
+        prof = profiled_serve(adapter, requests)["profile"]  # each step a kvlib::step region
     finally:
-        adapter.step = step
         for h in hooks:
             h.remove()
     c = adapter.counters()
