@@ -87,3 +87,51 @@ def block_table_figure(snapshots: list[dict], num_blocks: int):
     fig.suptitle("The block pool over steps: each request's blocks, wherever they are free", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def block_table_step_figure(snap: dict):
+    """One engine step, drawn as the mechanism: each running request's block table (logical block i, its filled
+    slots) with an arrow to the physical block it names in the pool below. `snap` is block_view.engine_snapshot's:
+    a static picture of what the block-table slider shows, for readers where widgets do not render."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import ConnectionPatch, Rectangle
+
+    from kvlib.teaching.block_view import block_fill
+
+    tables, n, bs = snap["tables"], snap["num_blocks"], snap["block_size"]
+    width = max(n, max((len(t) for t in tables.values()), default=1))
+    fig, (top, pool) = plt.subplots(2, 1, figsize=(10, 0.55 * len(tables) + 2.4),
+                                    gridspec_kw={"height_ratios": [max(len(tables), 1), 1.4]})
+    colors = plt.get_cmap("tab10")
+    for row, (rid, table) in enumerate(sorted(tables.items())):
+        y = len(tables) - 1 - row
+        top.text(-0.3, y + 0.45, f"request {rid}", ha="right", va="center", fontsize=8)
+        for logical, (block, filled) in enumerate(zip(table, block_fill(snap, rid))):
+            top.add_patch(Rectangle((logical, y), 0.9, 0.9, facecolor=colors(rid % 10), alpha=0.35,
+                                    edgecolor="0.3", lw=0.6))
+            top.text(logical + 0.45, y + 0.45, f"→ #{block}\n{filled}/{bs}", ha="center", va="center", fontsize=7)
+            pool.add_artist(ConnectionPatch((logical + 0.45, y), (block + 0.45, 0.9), "data", "data",
+                                            axesA=top, axesB=pool, color=colors(rid % 10), lw=0.7, alpha=0.7))
+    owners: dict[int, list[int]] = {}
+    for rid, table in tables.items():
+        for b in table:
+            owners.setdefault(b, []).append(rid)
+    for b in range(n):
+        ids = owners.get(b, [])
+        face = colors(ids[0] % 10) if ids else ("0.85" if b in snap["cached"] else "white")
+        pool.add_patch(Rectangle((b, 0), 0.9, 0.9, facecolor=face, edgecolor="0.4", lw=0.6, alpha=0.8 if ids else 1,
+                                 hatch="//" if len(ids) > 1 else None))
+        pool.text(b + 0.45, 0.45, f"#{b}", ha="center", va="center", fontsize=6)
+    for ax, height in ((top, max(len(tables), 1)), (pool, 1)):
+        ax.set_xlim(-0.1, width)
+        ax.set_ylim(0, height)
+        ax.set_yticks([])
+        ax.set_xticks([])
+        for side in ax.spines.values():
+            side.set_visible(False)
+    top.set_title(f"Block tables after step {snap['step']}: logical block i → physical block #n "
+                  f"(filled slots / {bs})", fontsize=9)
+    pool.set_xlabel(f"the pool: {n} physical blocks (coloured: in use; hatched: shared; grey: free but cached)",
+                    fontsize=8)
+    fig.tight_layout()
+    return fig
