@@ -1,12 +1,31 @@
-"""The serving bench's arithmetic and its small run (no timing asserted: speed is the bench's job)."""
+"""The serving bench's pieces on a tiny model: the arithmetic, the engines behind serve(), the statistics, the
+profile's buckets, the vLLM plumbing, and a whole small part. No timing is asserted (speed is the bench's job);
+the vLLM comparison runs only where a vLLM venv is named (KVLIB_VLLM_VENV), and says why it skips otherwise."""
 import json
+import math
+import os
 
 import pytest
+import torch
 
 import kvlib
-from kvlib.measure.bench import serving
-from kvlib.measure.bench.serving_figures import write_serving
 from kvlib.measure import waste
+from kvlib.measure.bench import (serving, serving_figures, serving_profile, serving_report, serving_stats, vllm_env,
+                                  vllm_peer)
+from kvlib.measure.bench.engine_driver import serve
+from kvlib.measure.bench.serving_engines import KvlibEngine, StaticBatcher
+from kvlib.measure.bench.serving_figures import write_serving_figures
+from kvlib.measure.bench.serving_runs import poisson_arrivals
+
+CONFIG = kvlib.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=97)
+MODEL = kvlib.random_gpt2(CONFIG, seed=1)
+G = torch.Generator().manual_seed(0)
+LENGTHS = [(5, 7), (12, 3), (2, 11), (9, 5), (7, 9)]  # (prompt, output) per request
+REQUESTS = [(torch.randint(0, 97, (p,), generator=G).tolist(), o) for p, o in LENGTHS]
+
+
+def alone(requests):
+    return [kvlib.generate(MODEL, torch.tensor([p]), o)[0, len(p):].tolist() for p, o in requests]
 
 
 def test_used_share_by_hand():
@@ -25,14 +44,168 @@ def test_sampled_lengths_have_the_workload_means_and_fit():
         waste.sample_lengths("lmsys", 3)
 
 
-def test_small_serving_run_agrees_and_writes_only_where_asked(tmp_path):
-    model = kvlib.random_gpt2(kvlib.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=128, vocab_size=97))
-    s = serving.ServingSettings(**{**serving.QUICK_SERVING, "hf": False, "num_requests": 5, "repeats": 1})
-    result = serving.run_serving(model, s)
-    sm = result["summary"]
-    assert sm["same_tokens_static"] and sm["same_tokens_alone_first4"] and sm["kvlib_over_hf_generate_batch"] is None
-    assert result["continuous"]["mean_rows_per_step"] > result["static"]["batch_size"]
-    paths = write_serving(result, tmp_path, quick=True)
-    saved = json.loads(paths[0].read_text())
-    assert "outputs" not in saved["static"] and saved["summary"]["continuous_over_static"] > 0
-    assert all(p.parent == tmp_path for p in paths)
+@pytest.mark.parametrize("make", [lambda: KvlibEngine(MODEL, 12, 4, max_num_seqs=8, max_num_batched_tokens=16),
+                                  lambda: StaticBatcher(MODEL, 48, "exact"), lambda: StaticBatcher(MODEL, 128, "max")],
+                         ids=["kvlib", "static_exact", "static_max"])
+def test_every_engine_gives_each_request_its_tokens_alone_and_a_time_per_token(make):
+    engine = make()
+    served = serve(engine, REQUESTS)
+    assert served["tokens"] == alone(REQUESTS)
+    for (_, o), times in zip(REQUESTS, served["token_times"]):
+        assert len(times) == o and times == sorted(times) and times[0] > 0
+    assert len(served["step_end"]) == engine.counters()["steps"] and served["elapsed_s"] == served["step_end"][-1]
+
+
+def test_static_batches_reserve_what_they_say_and_keep_finished_rows():
+    exact = StaticBatcher(MODEL, 48, "exact")
+    serve(exact, REQUESTS)
+    # in arrival order: 2 x (12 + 7) = 38 slots fit 48; adding (2, 11) would need 3 x (12 + 11) = 69: 2 rows
+    c = exact.counters()
+    assert c["rows"][0] == 2 and sum(c["useful_rows"]) == sum(o for _, o in REQUESTS) < sum(c["rows"])
+    orca = StaticBatcher(MODEL, 128, "max")  # 128 // n_positions = 2 rows per batch, whatever their lengths
+    serve(orca, REQUESTS)
+    assert max(orca.counters()["rows"]) == 2 and orca.counters()["steps"] == 7 + 11 + 9  # the longest of each batch
+    with pytest.raises(ValueError, match="KV budget"):
+        StaticBatcher(MODEL, 10, "exact").add(0, [1] * 8, 4)
+    with pytest.raises(ValueError, match="reservation"):
+        StaticBatcher(MODEL, 10, "oracle")
+
+
+def test_continuous_batching_refills_from_a_queue_and_takes_fewer_steps():
+    engine = KvlibEngine(MODEL, 8, 4, max_num_seqs=8, max_num_batched_tokens=16)  # 32 slots: not all fit at once
+    t = serving_stats.throughput(serve(engine, REQUESTS))
+    static = StaticBatcher(MODEL, 32, "exact")
+    s = serving_stats.throughput(serve(static, REQUESTS))
+    assert t["refilled_requests"] > 0 and t["steps"] < s["steps"]
+
+
+def test_arrivals_are_respected_and_checked():
+    served = serve(KvlibEngine(MODEL, 12, 4), REQUESTS[:2], arrivals=[0.0, 0.05])
+    assert served["token_times"][1][0] >= 0.05
+    with pytest.raises(ValueError, match="arrivals"):
+        serve(KvlibEngine(MODEL, 12, 4), REQUESTS[:2], arrivals=[0.1, 0.0])
+
+
+def test_poisson_arrivals_scale_one_pattern():
+    a, b = poisson_arrivals(2000, 2.0, seed=3), poisson_arrivals(2000, 4.0, seed=3)
+    assert a[0] == 0 and a == sorted(a) and all(math.isclose(x, 2 * y) for x, y in zip(a, b))
+    assert abs(a[-1] / 1999 - 0.5) < 0.05  # mean gap 1 / rate
+    with pytest.raises(ValueError, match="rate"):
+        poisson_arrivals(3, 0)
+
+
+def test_latency_statistics_by_hand():
+    served = dict(arrivals=[0.0, 1.0], token_times=[[0.5, 1.0, 1.5], [3.0]], tokens=[[1, 2, 3], [4]],
+                  step_end=[0.5, 1.0, 1.5, 3.0], elapsed_s=3.0)
+    lat = serving_stats.latency(served)
+    assert lat["ttft_p50_s"] == pytest.approx(1.25) and lat["ttft_p99_s"] == pytest.approx(0.5 + 1.5 * 0.99)
+    assert lat["tpot_p50_s"] == pytest.approx(0.5) and lat["normalized_latency_s"] == pytest.approx((0.5 + 2) / 2)
+    t = serving_stats.throughput(served)
+    assert t["tokens_per_s"] == pytest.approx(4 / 3) and t["ms_per_step"] == pytest.approx(750)
+    assert t["refilled_requests"] == 1  # request 1 started after request 0 finished
+    assert serving_stats.percentile([3, 1, 2], 50) == 2 and serving_stats.percentile([1, 2], 99) == pytest.approx(1.99)
+
+
+def test_decomposition_multiplies_out():
+    fast, slow = dict(steps=100, ms_per_step=50.0), dict(steps=300, ms_per_step=40.0)
+    d = serving_stats.decompose(fast, slow)
+    assert d["fewer_steps"] == 3 and d["per_step_time"] == pytest.approx(0.8) and d["speedup"] == pytest.approx(2.4)
+
+
+def test_token_comparison_reports_a_difference_with_its_logit_gap():
+    ours = alone(REQUESTS[:2])
+    theirs = [list(ours[0]), ours[1][:1] + [(ours[1][1] + 1) % 97] + ours[1][2:]]
+    c = serving_stats.compare_tokens(MODEL, REQUESTS[:2], ours, theirs)
+    assert c["identical"] == 1 and len(c["differences"]) == 1
+    d = c["differences"][0]
+    assert d["request"] == 1 and d["position"] == 1 and d["gap"] > 0 and d["top2_gap"] > 0  # ours is the argmax
+    assert serving_stats.first_difference([1, 2], [1, 2, 3]) == 2 and serving_stats.first_difference([1], [1]) is None
+
+
+def test_profile_buckets_and_their_arithmetic():
+    assert serving_profile.bucket("aten::addmm") == "matrix products"
+    assert serving_profile.bucket("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert serving_profile.bucket("aten::index_copy_") == "index ops (K/V gathers, slot writes)"
+    assert serving_profile.bucket("mkldnn::_linear_pointwise") == "matrix products"
+    assert serving_profile.bucket("## Call CompiledFxGraph abc ##") == "compiled regions"
+    assert serving_profile.bucket("aten::layer_norm") == "other ops"
+    prof = dict(wall_s=1.0, regions={"kvlib::step": 1000.0, "kvlib::forward": 800.0},
+                ops={"kvlib::forward/aten::addmm": [4, 500.0], "kvlib::forward/aten::index": [2, 100.0],
+                     "kvlib::step/aten::argmax": [1, 50.0], "aten::addmm": [4, 500.0]})
+    s = serving_profile.summarize(prof, steps=2, padded_share=0.5)
+    b = s["buckets_ms"]
+    assert s["step_ms"] == pytest.approx(0.5) and b["matrix products"] == pytest.approx(0.25)
+    assert b["Python and dispatch in the forward"] == pytest.approx(0.1)
+    assert b["scheduling and Python outside the forward"] == pytest.approx(0.075)
+    assert sum(b.values()) == pytest.approx(s["step_ms"]) and s["padding_ms_estimate"] == pytest.approx(0.125)
+
+
+def test_the_kvlib_profile_accounts_for_every_step():
+    engine = KvlibEngine(MODEL, 12, 4, max_num_batched_tokens=16)
+    p = serving_profile.profile_kvlib(engine, REQUESTS)
+    assert p["steps"] == engine.counters()["steps"] and p["buckets_ms"]["matrix products"] > 0
+    assert sum(p["buckets_ms"].values()) == pytest.approx(p["step_ms"], rel=1e-6)
+
+
+def test_vllm_requirements_leave_out_what_a_text_model_does_not_need():
+    lines = ["regex", "torch==2.13.0+cpu", "torchvision; platform_machine != 'riscv64'", "xgrammar==0.2.8; "
+             "platform_machine == 'x86_64'", "pytest; extra == 'test'", "mistral_common[image]>=1.11.6"]
+    assert vllm_env.requirements(lines) == ["regex", "xgrammar==0.2.8; platform_machine == 'x86_64'",
+                                            "mistral_common[image]>=1.11.6"]
+
+
+def test_a_missing_vllm_venv_is_named_with_the_way_to_build_one(tmp_path, monkeypatch):
+    monkeypatch.delenv(vllm_peer.VENV_ENV, raising=False)
+    python, why = vllm_peer.find_vllm(None)
+    assert python is None and "vllm_env" in why
+    python, why = vllm_peer.find_vllm(tmp_path / "nowhere")
+    assert python is None and "does not exist" in why
+
+
+def test_a_small_part_without_vllm_writes_only_where_asked(tmp_path, monkeypatch):
+    monkeypatch.delenv(vllm_peer.VENV_ENV, raising=False)
+    s = serving.ServingSettings(workloads={"alpaca": 4}, budget_reservations={"alpaca": 1}, repeats=1, hf=False,
+                                max_output=6, rates=(50.0, 100.0), online_requests=3, saturated_s=0.0)
+    tiny = kvlib.random_gpt2(kvlib.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=97))
+    data = {}
+    for part in ("alpaca", "online"):
+        data = serving.merge(data, part, serving.run_part(part, tiny, s, None, 1, log=lambda *a: None), tiny, s)
+    data["summary"] = serving_report.summary(data)
+    e = data["offline"]["alpaca"]["engines"]
+    assert set(e) == {"kvlib", "static_exact", "static_max"} and "absent" in data["meta"]["parts"]["alpaca"]["vllm"]
+    assert data["summary"]["alpaca"]["identical_requests"] == {"static_exact": "4/4", "static_max": "4/4"}
+    # every engine is past a cut-off of 0 s/token after its first rate, so none runs at the second
+    assert all([r["rate"] for r in rows] == [50.0] for rows in data["online"]["engines"].values())
+    assert "kvlib LLMEngine" in serving_report.report(data)
+    json.dumps(data)  # what --out writes
+    paths = write_serving_figures(data, tmp_path)
+    assert sorted(p.name for p in paths) == ["07_serving_latency.png", "07_serving_steps.png",
+                                             "07_serving_throughput.png"]
+
+
+def test_vllm_gives_kvlibs_greedy_tokens():
+    python, why = vllm_peer.find_vllm(None)
+    if python is None:
+        pytest.skip(f"vLLM comparison not run: {why}")
+    model = kvlib.random_gpt2(kvlib.GPT2Config(**serving.TINY_SERVING))
+    requests = serving.make_requests("alpaca", 6, model.config, seed=0, max_output=12)
+    with serving.vllm_peers(model, 512, serving.ServingSettings(), None, ("vllm_eager",), 2, log=lambda *a: None) \
+            as (peers, info):
+        theirs = peers["vllm_eager"].serve(requests)["tokens"]
+    ours = [kvlib.generate(model, torch.tensor([p]), o)[0, len(p):].tolist() for p, o in requests]
+    c = serving_stats.compare_tokens(model, requests, ours, theirs)
+    assert c["identical"] == len(requests) or all(abs(d.get("gap", 1)) < 1e-3 for d in c["differences"]), c
+
+
+def test_the_committed_results_hold_together():
+    """figures/serving_cpu.json was made with vLLM, which the tests never need: what they can check is that its
+    headline summary recomputes from its runs and that every engine gave kvlib's tokens on every request."""
+    from kvlib.measure.figures import FIGURES_DIR
+
+    data = serving_figures.load_serving(FIGURES_DIR / "serving_cpu.json")
+    assert serving_report.summary(data) == data["summary"]
+    for workload, r in data["offline"].items():
+        n = len(r["request_lengths"])
+        assert {name: c["identical"] for name, c in r["same_tokens_as_kvlib"].items()} == \
+            {name: n for name in r["engines"] if name != "kvlib"}, workload
+    assert set(data["meta"]["parts"]) == set(serving.PARTS) and "vLLM (default)" in serving_report.report(data)

@@ -93,19 +93,35 @@ class Scheduler:
         seq.reset_for_recompute()
         self.waiting.appendleft(seq)
 
-    def postprocess(self, batch: ScheduledBatch, next_tokens: list[int | None], n_positions: int) -> list[Sequence]:
-        """Advance each row by its fed tokens; append a sampled token where the row reached its last known token;
-        retire finished requests (blocks freed). Returns the requests that finished this step."""
-        finished = []
+    def postprocess(self, batch: ScheduledBatch, next_tokens: list[int | None],
+                    n_positions: int) -> tuple[list[Sequence], list[Sequence]]:
+        """Advance each row by its fed tokens; append the sampled token where the row reached its last known token;
+        retire finished requests (blocks freed). Returns (the requests that got a token, those that finished)."""
+        emitted, finished = [], []
         for seq, n, token in zip(batch.seqs, batch.num_new_tokens, next_tokens):
             seq.num_computed_tokens += n
             self.block_manager.cache_computed_blocks(seq)
             if seq.num_uncomputed_tokens:  # a prefill chunk that is not the last: no token yet
                 continue
             seq.append_token(token)
-            if seq.should_stop(n_positions):
-                seq.status = SequenceStatus.FINISHED
-                self.running.remove(seq)
-                self.block_manager.free(seq)
+            emitted.append(seq)
+            seq.finish_reason = seq.stop_reason(n_positions)
+            if seq.finish_reason is not None:
+                self._finish(seq)
                 finished.append(seq)
-        return finished
+        return emitted, finished
+
+    def abort(self, seq: Sequence) -> None:
+        """Drop a waiting or running request: its blocks are freed (their cached prefixes stay reusable)."""
+        if seq in self.running:
+            self.running.remove(seq)
+            self.block_manager.free(seq)
+        else:
+            self.waiting.remove(seq)
+        seq.finish_reason = "abort"
+        seq.status = SequenceStatus.FINISHED
+
+    def _finish(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.FINISHED
+        self.running.remove(seq)
+        self.block_manager.free(seq)

@@ -22,6 +22,8 @@ class Sequence:
     max_new_tokens: int
     eos_token_id: int | None = None
     num_prompt_tokens: int = -1  # set from token_ids when -1
+    stop_token_ids: tuple[int, ...] = ()  # more tokens that end the request (SamplingParams.stop_token_ids)
+    finish_reason: str | None = None  # once finished: "stop" (EOS or a stop token), "length" or "abort"
     block_table: list[int] = field(default_factory=list)  # block ids, in token order
     num_computed_tokens: int = 0  # tokens whose K/V are in the pool (from the prefix cache or computed here)
     num_cached_tokens: int = 0  # of those, tokens taken from the prefix cache at the last admission
@@ -56,11 +58,18 @@ class Sequence:
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
 
+    def stop_reason(self, n_positions: int) -> str | None:
+        """Why the request is finished after its last appended token: "stop" (EOS or a stop token), "length"
+        (max_new_tokens reached, or the position embeddings full), None if it goes on."""
+        if self.num_completion_tokens and (self.token_ids[-1] == self.eos_token_id
+                                           or self.token_ids[-1] in self.stop_token_ids):
+            return "stop"
+        if self.num_completion_tokens >= self.max_new_tokens or self.num_tokens >= n_positions:
+            return "length"
+        return None
+
     def should_stop(self, n_positions: int) -> bool:
-        """Finished after the last appended token: EOS, max_new_tokens reached, or the position embeddings full."""
-        if self.eos_token_id is not None and self.num_completion_tokens and self.token_ids[-1] == self.eos_token_id:
-            return True
-        return self.num_completion_tokens >= self.max_new_tokens or self.num_tokens >= n_positions
+        return self.stop_reason(n_positions) is not None
 
     def reset_for_recompute(self) -> None:
         """Preemption by recompute: forget every block; the tokens (generated ones included) are kept."""

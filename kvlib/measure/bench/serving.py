@@ -1,229 +1,214 @@
-"""`python -m kvlib.measure.bench serving`: throughput at a fixed KV memory budget, in one run on one set of weights.
+"""`python -m kvlib.measure.bench serving`: serving measured as serving engineers measure it, kvlib's engine side by
+side with vLLM itself, on one set of weights (seeded random GPT-2-small shapes, fp32) and one request set.
 
-The same requests (seeded random prompts, lengths drawn like the vLLM paper's Alpaca or ShareGPT workloads, each
-with its own output length, no EOS) go through
-- static batching with contiguous max-length reservation: the budget holds budget_tokens // max_len requests; each
-  batch runs (kvlib.generate, static cache, left padding) until its longest request is done;
-- continuous batching with paged blocks: kvlib's LLMEngine with budget_tokens // block_size blocks;
-- transformers' own continuous batching (its ContinuousBatchingManager, what `generate_batch` drives), same weights,
-  each request with its own max_new_tokens.
-All three must give every request the same greedy tokens. Also: paged attention's gather vs contiguous attention.
+Requests: prompt and output lengths drawn like the vLLM paper's ShareGPT and Alpaca workloads (long-tailed, with its
+means), clipped to the model's context; random prompt tokens; each request generates exactly its output length
+(greedy, no EOS), so every engine does the same work and must produce the same tokens. Engines, at one KV budget
+(in token slots; vLLM gets the same bytes): kvlib's LLMEngine (continuous batching, paged blocks), vLLM's CPU build
+in its default configuration (torch.compile) and eager (`enforce_eager=True`), static batching reserving prompt +
+max_new_tokens per row and reserving the model's maximum (Orca (Max)), transformers' continuous batching.
+
+Parts (each one locked run of a few minutes; they merge into one serving_cpu.json under --out):
+  alpaca, sharegpt  offline throughput: all requests at once, engines in turn, repeated, with the spread
+  online            Poisson arrivals at several rates: TTFT, TPOT (p50, p99), normalized latency
+  profile           where a kvlib engine step's time goes, beside vLLM's; paged vs contiguous attention per layer
+vLLM runs where a venv with it is named (--vllm-venv DIR or KVLIB_VLLM_VENV); otherwise the bench says why and
+measures the rest. Build one with `python -m kvlib.measure.bench.vllm_env DIR`.
 """
 from __future__ import annotations
 
 import argparse
-import logging
-import statistics
+import contextlib
+import datetime
+import json
+import platform
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 
-from ...model.batching import left_pad
 from ...config import GPT2Config
-from ...model.generation import generate
-from ...model.loading import random_gpt2
 from ...model.gpt2 import GPT2
-from ...cache.paged.cache import PagedKVCache
-from ..waste import sample_lengths
+from ...model.loading import random_gpt2
 from ..figures import device_label
-from ...serving import LLMEngine
-from .runner import TINY
+from ..waste import sample_lengths
+from .serving_profile import gather_cost
+from .serving_runs import run_offline, run_online, run_profile
+from .vllm_peer import VLLMPeer, find_vllm, save_checkpoint
+
+PARTS = ("alpaca", "sharegpt", "online", "profile")
+TINY_SERVING = dict(n_layer=2, n_head=2, n_embd=128, n_positions=256, vocab_size=512)  # head size 64: vLLM runs it
 
 
 @dataclass
 class ServingSettings:
-    workload: str = "alpaca"
-    num_requests: int = 16
-    max_len: int = 1024  # contiguous reservation per request (GPT-2's n_positions)
-    budget_tokens: int = 2048  # the KV budget, in token slots (x 73,728 B for GPT-2 small fp32)
-    block_size: int = 16
-    max_output: int = 256  # cap on a request's output length, to bound the run time
-    seed: int = 0
-    gather_batch: int = 16
-    gather_context: int = 512
-    repeats: int = 5  # gather-cost timing repeats
+    model: str = "gpt2"  # "gpt2": GPT-2-small shapes; "tiny": TINY_SERVING (tests)
+    workloads: dict = field(default_factory=lambda: {"alpaca": 32, "sharegpt": 8})  # requests per workload
+    budget_reservations: dict = field(default_factory=lambda: {"alpaca": 2, "sharegpt": 2})  # KV budget, x n_positions
+    online_workload: str = "alpaca"
+    online_requests: int = 64
+    rates: tuple = (1.0, 2.0, 4.0, 8.0, 16.0)  # requests/s
+    saturated_s: float = 0.5  # normalized latency (s/token) past which an engine is not run at higher rates
+    repeats: int = 3
+    block_size: int = 32  # every paged engine's: vLLM's CPU attention takes multiples of 32 (its default is 128)
+    max_num_seqs: int = 256  # vLLM's default
+    max_num_batched_tokens: int = 512  # chunked prefill's token budget per step, for every engine
+    max_output: int | None = None  # cap on output lengths (--quick only)
     hf: bool = True
+    seed: int = 0
+    profile_label: str = "kvlib"  # the profile's name in the JSON ("kvlib_before": the engine before packed rows)
 
 
-QUICK_SERVING = dict(num_requests=6, max_len=128, budget_tokens=256, max_output=24, gather_batch=4,
-                     gather_context=64, repeats=3)
+QUICK = dict(workloads={"alpaca": 8, "sharegpt": 3}, online_requests=8, rates=(2.0, 8.0), repeats=1, max_output=48)
 
 
-def make_requests(s: ServingSettings, vocab_size: int) -> list[tuple[list[int], int]]:
-    """(prompt token ids, output length) per request, seeded."""
-    g = torch.Generator().manual_seed(s.seed)
-    lengths = sample_lengths(s.workload, s.num_requests, max_len=s.max_len, seed=s.seed)
-    return [(torch.randint(0, vocab_size, (p,), generator=g).tolist(), min(o, s.max_output)) for p, o in lengths]
+def make_requests(workload: str, n: int, config: GPT2Config, seed: int = 0,
+                  max_output: int | None = None) -> list[tuple[list[int], int]]:
+    """(prompt token ids, output length) per request: lengths like the workload's, clipped to the context."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = sample_lengths(workload, n, max_len=config.n_positions, seed=seed)
+    return [(torch.randint(0, config.vocab_size, (p,), generator=g).tolist(), min(o, max_output or o))
+            for p, o in lengths]
 
 
-def run_static(model: GPT2, requests, batch_size: int) -> dict:
-    """Static batching: fixed groups in arrival order; a group runs until its longest request is done."""
-    outputs, steps, rows = [], 0, 0
+def kvlib_source() -> str:
+    """The kvlib measured: its git commit (+ "dirty" if the library's files differ from it), or $KVLIB_SOURCE."""
+    import os
+    import subprocess
+
+    if os.environ.get("KVLIB_SOURCE"):
+        return os.environ["KVLIB_SOURCE"]
+    root = Path(__file__).resolve().parents[3]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "kvlib/serving", "kvlib/cache",
+                                "kvlib/model", "kvlib/attention.py"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (commit or "unknown") + (" + uncommitted library changes" if dirty.strip() else "")
+
+
+def machine(threads: int) -> dict:
+    import transformers
+
+    return dict(device=device_label("cpu"), threads=threads, torch=torch.__version__,
+                transformers=transformers.__version__, python=platform.python_version(), kvlib=kvlib_source(),
+                date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+
+
+@contextlib.contextmanager
+def vllm_peers(model: GPT2, budget_tokens: int, s: ServingSettings, venv: str | None, which: tuple, threads: int,
+               log=print):
+    """{"vllm_default": peer, "vllm_eager": peer} (those in `which`) and their info, or ({}, {"absent": why})."""
+    python, version = find_vllm(venv)
+    if python is None:
+        log(f"vLLM: not measured: {version}")
+        yield {}, {"absent": version}
+        return
+    kv = budget_tokens * 2 * model.config.n_layer * model.config.n_embd * 4  # the same bytes as kvlib's budget
+    with tempfile.TemporaryDirectory(prefix="kvlib-ckpt-") as ckpt, contextlib.ExitStack() as stack:
+        save_checkpoint(model, ckpt)
+        peers = {}
+        for name in which:
+            peers[name] = stack.enter_context(VLLMPeer(
+                python, Path(ckpt), enforce_eager=name == "vllm_eager", threads=threads,
+                max_model_len=model.config.n_positions, kv_cache_memory_bytes=kv,
+                block_size=s.block_size, max_num_seqs=s.max_num_seqs,
+                max_num_batched_tokens=s.max_num_batched_tokens))
+        info = {name: peer.info() for name, peer in peers.items()}
+        log("vLLM: " + "; ".join(f"{n} {i['vllm']} (block_size {i['block_size']}, {i['num_gpu_blocks']} blocks, "
+                                 f"started in {i['startup_s']:.0f} s)" for n, i in info.items()))
+        yield peers, info
+
+
+def run_part(part: str, model: GPT2, s: ServingSettings, venv: str | None, threads: int, log=print) -> dict:
+    """One part's results and the machine it ran on."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     start = time.perf_counter()
-    for i in range(0, len(requests), batch_size):
-        group = requests[i:i + batch_size]
-        ids, mask = left_pad([p for p, _ in group], pad_token_id=0)
-        n = max(o for _, o in group)
-        out = generate(model, ids, n, cache="static", attention_mask=mask)[:, ids.shape[1]:]
-        outputs += [out[r, :o].tolist() for r, (_, o) in enumerate(group)]
-        steps += n
-        rows += n * len(group)
-    elapsed = time.perf_counter() - start
-    tokens = sum(o for _, o in requests)
-    return dict(time_s=elapsed, tokens=tokens, tokens_per_s=tokens / elapsed, steps=steps, batch_size=batch_size,
-                mean_rows_per_step=rows / steps, useful_row_share=tokens / rows, outputs=outputs)
+    workload = {"online": s.online_workload, "profile": "alpaca"}.get(part, part)
+    n = s.online_requests if part == "online" else s.workloads[workload]  # profile: the offline Alpaca-like set
+    budget = s.budget_reservations[workload] * model.config.n_positions
+    requests = make_requests(workload, n, model.config, s.seed, s.max_output)
+    which = {"online": ("vllm_default",), "profile": ("vllm_eager",)}.get(part, ("vllm_default", "vllm_eager"))
+    log(f"{part}: {n} {workload}-like requests, KV budget {budget} token slots")
+    with vllm_peers(model, budget, s, venv, which, threads, log) as (peers, vllm):
+        if part in s.workloads:
+            result = run_offline(model, requests, budget, s, peers, log)
+        elif part == "online":
+            result = run_online(model, requests, budget, s.rates, s, peers, log)
+        else:
+            result = run_profile(model, requests, budget, s, peers)
+            result[s.profile_label].update(kvlib=kvlib_source(), date=machine(threads)["date"])  # which engine
+            result["gather"] = gather_cost(model.config, batch=16, context=512, block_size=s.block_size, repeats=5)
+    meta = dict(machine(threads), vllm=vllm, elapsed_s=time.perf_counter() - start)
+    return dict(meta=meta, workload=workload, **result)
 
 
-def run_continuous(model: GPT2, requests, num_blocks: int, block_size: int) -> dict:
-    engine = LLMEngine(model, num_blocks, block_size, max_num_seqs=256, max_num_batched_tokens=512,
-                       check_invariants=False)
-    start = time.perf_counter()
-    outputs = engine.generate([p for p, _ in requests], [o for _, o in requests])
-    elapsed = time.perf_counter() - start
-    st = engine.stats
-    tokens = sum(o for _, o in requests)
-    return dict(time_s=elapsed, tokens=tokens, tokens_per_s=tokens / elapsed, steps=st.num_steps,
-                num_blocks=num_blocks, mean_rows_per_step=statistics.mean(st.batch_sizes),
-                max_rows_per_step=max(st.batch_sizes), preemptions=st.num_preemptions,
-                mean_used_blocks=statistics.mean(st.used_blocks), batch_sizes=st.batch_sizes, outputs=outputs)
-
-
-def run_hf_continuous(model: GPT2, requests, num_blocks: int, block_size: int) -> dict:
-    """transformers' continuous batching (the manager behind `generate_batch`) with the same KV budget (its default
-    sizes the cache from free memory: gigabytes on a CPU), warmed up first."""
-    from transformers import GenerationConfig
-    from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
-    logging.getLogger("ContinuousBatchingLogger").setLevel(logging.ERROR)
-    hf = model.to_hf()
-    gc = GenerationConfig(max_new_tokens=max(o for _, o in requests), do_sample=False, eos_token_id=None,
-                          pad_token_id=0)
-    cb = ContinuousBatchingConfig(page_size=block_size, num_blocks=num_blocks, max_batch_tokens=512)
-    hf.generate_batch([requests[0][0][:4]], generation_config=gc, continuous_batching_config=cb, max_new_tokens=2,
-                      progress_bar=False)  # warm-up
-    with hf.continuous_batching_context_manager(generation_config=gc, block=True, warmup=False,
-                                                continuous_batching_config=cb) as manager:
-        start = time.perf_counter()
-        ids = [manager.add_request(p, request_id=f"r{i}", max_new_tokens=o) for i, (p, o) in enumerate(requests)]
-        done = {}
-        while len(done) < len(ids):
-            result = manager.get_result(timeout=600)
-            if result is None:
-                raise RuntimeError("transformers' continuous batching returned no result")
-            if result.is_finished():
-                done[result.request_id] = list(result.generated_tokens)
-        elapsed = time.perf_counter() - start
-    tokens = sum(o for _, o in requests)
-    return dict(time_s=elapsed, tokens=tokens, tokens_per_s=tokens / elapsed, outputs=[done[i] for i in ids])
-
-
-def gather_cost(config: GPT2Config, batch: int, context: int, block_size: int, repeats: int) -> dict:
-    """One layer's decode attention over `context` cached tokens per row: a contiguous (B, nh, T, hs) cache vs the
-    paged pool (write the new token to its slot, gather the row's blocks, attend)."""
-    import torch.nn.functional as F
-
-    nh, hs = config.n_kv_head, config.head_dim
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(batch, nh, 1, hs, generator=g)  # (B, nh, 1, hs)
-    k = torch.randn(batch, nh, context, hs, generator=g)  # (B, nh, T, hs)
-    v = torch.randn(batch, nh, context, hs, generator=g)
-    need = -(-(context + 1) // block_size)
-    cache = PagedKVCache(config, num_blocks=batch * need, block_size=block_size)
-    perm = torch.randperm(batch * need, generator=g).tolist()
-    tables = [perm[r * need:(r + 1) * need] for r in range(batch)]
-    cache.prepare(tables, [context - 1] * batch, [1] * batch)
-
-    def contiguous():
-        F.scaled_dot_product_attention(q, k, v)
-
-    def paged():
-        keys, values = cache.update(q, q, 0)  # (B, nh, T, hs) gathered
-        F.scaled_dot_product_attention(q, keys, values)
-
-    times = {}
-    for name, fn in (("contiguous", contiguous), ("paged", paged)):
-        fn()
-        samples = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            for _ in range(10):
-                fn()
-            samples.append((time.perf_counter() - t) / 10)
-        times[name] = statistics.median(samples)
-    return dict(batch=batch, context=context, block_size=block_size, contiguous_ms=1e3 * times["contiguous"],
-                paged_ms=1e3 * times["paged"], paged_over_contiguous=times["paged"] / times["contiguous"])
-
-
-def run_serving(model: GPT2, s: ServingSettings) -> dict:
-    requests = make_requests(s, model.config.vocab_size)
-    static_batch = max(1, s.budget_tokens // s.max_len)
-    start = time.perf_counter()
-    static = run_static(model, requests, static_batch)
-    cont = run_continuous(model, requests, s.budget_tokens // s.block_size, s.block_size)
-    hf = run_hf_continuous(model, requests, s.budget_tokens // s.block_size, s.block_size) if s.hf else None
-    cost = gather_cost(model.config, s.gather_batch, s.gather_context, s.block_size, s.repeats)
-    alone = [generate(model, torch.tensor([p]), o)[0, len(p):].tolist() for p, o in requests[:4]]
-    summary = dict(
-        continuous_over_static=cont["tokens_per_s"] / static["tokens_per_s"],
-        kvlib_over_hf_generate_batch=cont["tokens_per_s"] / hf["tokens_per_s"] if hf else None,
-        same_tokens_static=static["outputs"] == cont["outputs"],
-        same_tokens_hf=hf["outputs"] == cont["outputs"] if hf else None,
-        same_tokens_alone_first4=alone == cont["outputs"][:4],
-        paged_attention_over_contiguous=cost["paged_over_contiguous"],
-        targets="continuous_over_static >= 2; kvlib_over_hf_generate_batch >= 1",
-    )
+def merge(data: dict, part: str, result: dict, model: GPT2, s: ServingSettings) -> dict:
+    """Put one part's result into `data` (other parts stay; each part records its machine and date)."""
     c = model.config
-    return dict(meta=dict(device=device_label("cpu"), torch=torch.__version__, config=dict(
-        n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_positions=c.n_positions, vocab_size=c.vocab_size),
-        settings=asdict(s), kv_bytes_per_token=2 * c.n_layer * c.n_embd * 4,
-        request_lengths=[(len(p), o) for p, o in requests], elapsed_s=time.perf_counter() - start),
-        static=static, continuous=cont, hf=hf, gather=cost, summary=summary)
-
-
-def report(result: dict) -> str:
-    st, co, hf, sm, s = result["static"], result["continuous"], result["hf"], result["summary"], result["meta"]["settings"]
-    lines = [f"serving bench on {result['meta']['device']}: {s['num_requests']} {s['workload']}-like requests, KV budget "
-             f"{s['budget_tokens']} token slots",
-             f"static batching (batch {st['batch_size']}, max-length reservation): {st['tokens_per_s']:.1f} tok/s, "
-             f"{st['steps']} steps, useful rows {100 * st['useful_row_share']:.0f}%",
-             f"continuous + paged ({co['num_blocks']} blocks): {co['tokens_per_s']:.1f} tok/s, {co['steps']} steps, "
-             f"mean batch {co['mean_rows_per_step']:.1f} (max {co['max_rows_per_step']}), "
-             f"preemptions {co['preemptions']}",
-             f"continuous_over_static: {sm['continuous_over_static']:.2f}x"]
-    if hf:
-        lines.append(f"transformers continuous batching: {hf['tokens_per_s']:.1f} tok/s; kvlib_over_hf_generate_batch "
-                     f"{sm['kvlib_over_hf_generate_batch']:.2f}x; same tokens {sm['same_tokens_hf']}")
-    g = result["gather"]
-    lines.append(f"attention per layer, batch {g['batch']} x {g['context']} tokens: contiguous {g['contiguous_ms']:.3f} "
-                 f"ms, paged (write + gather + attend) {g['paged_ms']:.3f} ms ({g['paged_over_contiguous']:.2f}x)")
-    lines.append(f"same tokens as static batching: {sm['same_tokens_static']}; first 4 as generate alone: "
-                 f"{sm['same_tokens_alone_first4']}")
-    return "\n".join(lines)
+    data.setdefault("meta", {}).update(
+        model=dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_positions=c.n_positions,
+                   vocab_size=c.vocab_size, weights=model.weights_source, dtype="float32"),
+        kv_bytes_per_token=2 * c.n_layer * c.n_embd * 4, settings=asdict(s))
+    data["meta"].setdefault("parts", {})[part] = result.pop("meta")
+    if part in s.workloads:
+        data.setdefault("offline", {})[part] = result
+    elif part == "profile":  # profiles under other labels (an engine before a change) stay
+        data.setdefault("profile", {}).update(result)
+    else:
+        data[part] = result
+    return data
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from .serving_figures import write_serving
+    from .serving_figures import write_serving_figures
+    from .serving_report import report, summary
 
-    p = argparse.ArgumentParser(prog="python -m kvlib.measure.bench serving", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m kvlib.measure.bench serving", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    p.add_argument("--part", action="append", choices=(*PARTS, "all"), help="what to run (repeatable; default all)")
     p.add_argument("--model", default="gpt2", choices=("gpt2", "tiny"), help="shapes, seeded random weights")
-    p.add_argument("--workload", default="alpaca", choices=("alpaca", "sharegpt"))
-    p.add_argument("--requests", type=int, help="number of requests (default 16)")
-    p.add_argument("--out", help="write serving_<device>.json and the figures to this directory")
-    p.add_argument("--quick", action="store_true", help="a small run (for tests and the notebook's live cell)")
+    p.add_argument("--vllm-venv", help="a venv with vLLM (default: $KVLIB_VLLM_VENV); without one vLLM is skipped")
+    p.add_argument("--block-size", type=int, default=32, help="tokens per block, every paged engine (default 32; "
+                                                               "vLLM's CPU build needs a multiple of 32)")
+    p.add_argument("--repeats", type=int, help="offline repeats per engine, an odd number (default 3)")
+    p.add_argument("--profile-label", default="kvlib", help="name of kvlib's profile in the JSON (other names "
+                                                              "stay: e.g. kvlib_before, an engine before a change)")
+    p.add_argument("--threads", type=int, help="torch threads, for kvlib and vLLM alike (default: torch's)")
     p.add_argument("--no-hf", action="store_true", help="skip transformers' continuous batching")
+    p.add_argument("--quick", action="store_true", help="a small run for development (outputs capped)")
+    p.add_argument("--out", help="merge the results into DIR/serving_cpu.json and redraw the figures there")
+    p.add_argument("--figures-only", action="store_true", help="with --out: redraw figures from the JSON, run nothing")
     args = p.parse_args(argv)
-    s = ServingSettings(workload=args.workload, hf=not args.no_hf, **(QUICK_SERVING if args.quick else {}))
-    if args.requests:
-        s.num_requests = args.requests
-    config = GPT2Config(**TINY) if args.model == "tiny" else GPT2Config.from_name("gpt2")
-    model = random_gpt2(GPT2Config(**{**config.__dict__, "attn_implementation": "sdpa"}))
-    if s.max_len > config.n_positions:  # a smaller model: reserve its own maximum, keep the budget at 2 of them
-        s.budget_tokens = s.budget_tokens * config.n_positions // s.max_len
-        s.max_len = config.n_positions
-    result = run_serving(model, s)
-    print(report(result))
-    if args.out:
-        for path in write_serving(result, args.out, quick=args.quick):
+    s = ServingSettings(model=args.model, hf=not args.no_hf, block_size=args.block_size,
+                        profile_label=args.profile_label,
+                        **(QUICK if args.quick else {}))
+    if args.repeats:
+        s = replace(s, repeats=args.repeats)
+    if s.repeats % 2 == 0:  # an odd count: the median is one of the runs, so steps x time per step multiplies out
+        p.error(f"--repeats must be odd, got {s.repeats}")
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    config = GPT2Config(**TINY_SERVING) if args.model == "tiny" else GPT2Config.from_name("gpt2")
+    model = random_gpt2(replace(config, attn_implementation="sdpa"))
+    path = Path(args.out) / ("serving_cpu_quick.json" if args.quick else "serving_cpu.json") if args.out else None
+    parts = [] if args.figures_only else PARTS if not args.part or "all" in args.part else args.part
+    data = json.loads(path.read_text()) if path and path.exists() else {}
+    for part in parts:
+        data = merge(data, part, run_part(part, model, s, args.vllm_venv, threads), model, s)
+        data["summary"] = summary(data)
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=1) + "\n")
             print(f"wrote {path}")
-    return result
+    print(report(data))
+    if path:
+        for fig_path in write_serving_figures(data, path.parent, quick=args.quick):
+            print(f"wrote {fig_path}")
+    return data
