@@ -48,10 +48,14 @@ def top1_agreement(draft, target, ids: torch.Tensor, context: int = 512) -> floa
 
 def model_card(history: dict) -> str:
     runs = [*history["phases"], history]
+    def softmax(steps: int) -> str:
+        return (f"softmax over the training text's token types for the first {steps} steps, then all" if steps
+                else "softmax over all 50,257 tokens")
+
     phases = "".join(
         f"| phase {i} | {r['train_config']['max_steps']} steps of {r['train_config']['batch_size']} x "
         f"{r['train_config']['context']} tokens, lr {r['train_config']['lr']} -> {r['train_config']['min_lr']}, "
-        f"softmax over the training text's token types for the first {r['train_config']['restricted_steps']} steps; "
+        f"{softmax(r['train_config']['restricted_steps'])}{', from phase ' + str(i - 1) if i > 1 else ''}; "
         f"{r['wall_s'] / 60:.1f} min; held-out perplexity after it {math.exp(r['eval_loss'][-1]):.1f} |\n"
         for i, r in enumerate(runs, 1))
     c = history["shape"]
