@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .drafters import Draft, sampling_probs
+from .drafters import Draft, sample, sampling_probs
 from .generation import _check_generate_args, make_cache
 from .gpt2 import GPT2
 
@@ -86,8 +86,8 @@ def accept_sampling(drafts: torch.Tensor, draft_probs: torch.Tensor, target_prob
     residual = (target_probs[:, :k] - draft_probs).clamp(min=0)  # (B, k, V): (p - q)+
     mass = residual.sum(dim=-1, keepdim=True)
     residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), target_probs[:, :k])  # p = q: never used
-    redraw = torch.multinomial(residual.flatten(0, 1), 1, generator=generator).view(B, k) if k else drafts
-    bonus = torch.multinomial(target_probs[:, k], 1, generator=generator)  # (B, 1)
+    redraw = sample(residual, generator)  # (B, k)
+    bonus = sample(target_probs[:, k], generator)[:, None]  # (B, 1)
     tokens = torch.cat([torch.where(passed, drafts, redraw), bonus], dim=1)  # (B, k + 1)
     return passed.long().cumprod(dim=1).sum(dim=1), tokens
 
