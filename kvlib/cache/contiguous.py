@@ -24,6 +24,21 @@ def _check_states(key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         )
 
 
+def resolve_crop(max_length: int, seq_length: int, kind: str) -> int:
+    """How many tokens a cache holding seq_length keeps after crop(max_length): max_length, or seq_length +
+    max_length when it is negative (transformers' crop(-n) removes the last n). Raises unless 0 <= kept <= held."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int):
+        raise TypeError(f"max_length must be an int (negative: tokens to remove), got {type(max_length).__name__}")
+    keep = seq_length + max_length if max_length < 0 else max_length
+    if keep < 0:
+        raise ValueError(f"cannot roll back {-max_length} tokens: this {kind} holds {seq_length} (a rollback past "
+                         "the start of the cache)")
+    if keep > seq_length:
+        raise ValueError(f"cannot crop to {max_length} tokens: this {kind} holds {seq_length}; crop only removes "
+                         "tokens from the end")
+    return keep
+
+
 class DynamicKVCache:
     """Grows by `torch.cat` along the sequence axis (dim -2) on every update."""
 
@@ -66,6 +81,15 @@ class DynamicKVCache:
     def reset(self) -> None:
         self.key_cache.clear()
         self.value_cache.clear()
+
+    def crop(self, max_length: int) -> None:
+        """Keep the first max_length tokens of every layer (negative: drop that many from the end), as transformers'
+        DynamicCache.crop does after verifying a speculative draft. A slice, no copy: until the next update's cat
+        reallocates, the view keeps the dropped tokens' storage alive."""
+        keep = resolve_crop(max_length, self.get_seq_length(), type(self).__name__)
+        for i in range(len(self.key_cache)):
+            self.key_cache[i] = self.key_cache[i][:, :, :keep]  # (B, nh, keep, hs)
+            self.value_cache[i] = self.value_cache[i][:, :, :keep]
 
     @property
     def nbytes(self) -> int:
@@ -155,6 +179,12 @@ class StaticKVCache:
     def reset(self) -> None:
         """Forget the cached tokens; the buffers stay allocated (stale values are never read)."""
         self._lengths = [0] * len(self._lengths)
+
+    def crop(self, max_length: int) -> None:
+        """Rewind the write position to max_length (negative: by that many), gpt-fast's rollback: nothing is copied or
+        freed and the buffers keep their addresses. The rejected slots lie beyond every later query's horizon
+        (update returns only the filled prefix), and the next update overwrites them."""
+        self._lengths = [resolve_crop(max_length, self.get_seq_length(), type(self).__name__)] * len(self._lengths)
 
     @property
     def nbytes(self) -> int:

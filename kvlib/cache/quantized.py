@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..config import GPT2Config
+from .contiguous import resolve_crop
 from .quantization import check_quant_args, dequantize, flush_unit, quantize
 from .sliding_window import check_model_config, check_states_for
 
@@ -90,6 +91,24 @@ class QuantizedKVCache:
         """The (B, nkv, T_total, hs) keys and values the next step attends to (old tokens as stored, approximate)."""
         return tuple(torch.cat([t for t in (self._dequantized(layer_idx, i), self.residual[layer_idx][i])
                                 if t is not None], dim=-2) for i in range(2))
+
+    def crop(self, max_length: int) -> None:
+        """Keep the first max_length tokens (negative: drop that many). The dropped tokens must still be in the
+        full-precision residual window, where they are sliced off: codes cannot be cut back (a group of group_size
+        tokens shares one scale), so a forward of more new tokens than residual_length cannot be rolled back.
+
+        What cannot be undone: a forward that flushed accepted tokens into codes leaves them quantized, a few steps
+        earlier than plain decoding would quantize them (the flush depended on the rejected tokens too).
+        """
+        keep = resolve_crop(max_length, self.get_seq_length(), type(self).__name__)
+        quantized = self.quantized_length()
+        if keep < quantized:
+            raise ValueError(f"{type(self).__name__} cannot roll back to {keep} tokens: the first {quantized} are "
+                             "already int codes (they left the full-precision window). Keep every forward that may "
+                             f"be rolled back within the window: residual_length ({self.residual_length}) >= "
+                             "new tokens per forward (num_draft_tokens + 1)")
+        self.residual = [[r[:, :, :keep - quantized] for r in layer] for layer in self.residual]  # (B, nkv, T_res, hs)
+        self._seen = [keep] * len(self._seen)
 
     @property
     def batch_size(self) -> int | None:

@@ -16,6 +16,7 @@ import torch
 
 from ..attention import check_window, sliding_window_mask
 from ..config import GPT2Config
+from .contiguous import resolve_crop
 
 
 def check_states_for(config: GPT2Config, kind: str, key_states: torch.Tensor, value_states: torch.Tensor,
@@ -121,6 +122,50 @@ class SlidingWindowKVCache:
     def reset(self) -> None:
         """Forget the tokens; the buffers stay allocated (stale slots are never read)."""
         self._seen = [0] * len(self._seen)
+
+    def record_overwrites(self, num_new_tokens: int) -> None:
+        """Before a forward of num_new_tokens tokens that may be rolled back (a speculative verification): copy the
+        ring slots those tokens will overwrite, so that crop can put them back. Token p writes slot p mod W over
+        token p - W, which the window still needs if p is later rejected; once the ring has wrapped, nothing else
+        holds it. Copies num_new_tokens slots per layer; crop puts back what it needs and drops the records."""
+        if isinstance(num_new_tokens, bool) or not isinstance(num_new_tokens, int) or num_new_tokens < 1:
+            raise ValueError(f"num_new_tokens must be an int >= 1, got {num_new_tokens!r}")
+        if num_new_tokens > self.window:
+            raise ValueError(f"a forward that may be rolled back must fit the window: {num_new_tokens} new tokens > "
+                             f"window {self.window} (its own first tokens would be overwritten before the rollback)")
+        seen = self._seen[0]
+        positions = torch.arange(seen, seen + num_new_tokens)
+        positions = positions[positions >= self.sink_tokens]  # sink positions have buffers of their own
+        slots = positions % self.window
+        saved = [(k[:, :, slots.to(k.device)].clone(), v[:, :, slots.to(k.device)].clone())
+                 for k, v in zip(self.ring_keys, self.ring_values)]  # per layer: (B, nkv, n, hs) each
+        records = self.__dict__.setdefault("_records", [])
+        if records and records[-1][0] + records[-1][1] != seen:  # stale (a reset, or a crop since): start over
+            records.clear()
+        records.append((seen, num_new_tokens, positions, slots, saved))
+
+    def crop(self, max_length: int) -> None:
+        """Keep the first max_length tokens (negative: drop that many), restoring from the records what rejected
+        tokens overwrote. Raises if the window after the rollback needs a token that a rejected one overwrote and
+        no record kept (the ring had wrapped): rewinding the position alone would attend to the rejected K/V."""
+        seen, S, W = self._seen[0], self.sink_tokens, self.window
+        keep = resolve_crop(max_length, seen, type(self).__name__)
+        records = self.__dict__.pop("_records", [])
+        if records and records[-1][0] + records[-1][1] != seen:
+            records = []  # made before other forwards: they describe slots that have changed since
+        lost = range(max(S, keep - W), min(keep, seen - W))  # needed after the rollback, overwritten by p + W >= keep
+        first_recorded = records[0][0] if records else seen
+        if len(lost) and lost[0] + W < first_recorded:
+            raise ValueError(
+                f"{type(self).__name__} cannot roll back from {seen} to {keep} tokens: the ring has wrapped, and the "
+                f"rejected tokens overwrote positions {lost[0]}..{lost[-1]}, which the window still needs. Call "
+                "record_overwrites(num_new_tokens) before each forward that may be rolled back")
+        for _, _, positions, slots, saved in reversed(records):  # oldest last: its copies are the oldest contents
+            rejected = positions >= keep
+            for ring_k, ring_v, (old_k, old_v) in zip(self.ring_keys, self.ring_values, saved):
+                ring_k[:, :, slots[rejected].to(ring_k.device)] = old_k[:, :, rejected.to(old_k.device)]
+                ring_v[:, :, slots[rejected].to(ring_v.device)] = old_v[:, :, rejected.to(old_v.device)]
+        self._seen = [keep] * len(self._seen)
 
     @property
     def nbytes(self) -> int:

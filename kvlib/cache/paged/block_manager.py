@@ -141,6 +141,35 @@ class BlockManager:
             self.release(b)
         seq.block_table = []
 
+    def crop(self, seq: Sequence, num_tokens: int) -> None:
+        """Speculative rollback: seq keeps the K/V of its first num_tokens computed tokens (the accepted ones).
+
+        Blocks past them go back to the pool; the block holding the last kept token stays (its rejected slots are
+        rewritten by the next forward). No block that held a rejected token stays in the prefix cache: its hash
+        would name K/V that are about to be overwritten. So register blocks (cache_computed_blocks) only after
+        crop. seq.token_ids is the caller's: append only accepted tokens to it.
+        """
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int):
+            raise TypeError(f"num_tokens must be an int, got {type(num_tokens).__name__}")
+        if num_tokens > seq.num_computed_tokens:
+            raise ValueError(f"sequence {seq.seq_id} has {seq.num_computed_tokens} computed tokens: it cannot keep "
+                             f"{num_tokens}")
+        if num_tokens < seq.num_cached_tokens:
+            raise ValueError(f"sequence {seq.seq_id} cannot keep only {num_tokens} tokens: its first "
+                             f"{seq.num_cached_tokens} are shared prefix-cache blocks (a rollback past the start of "
+                             "its own K/V)")
+        for b in seq.block_table[num_tokens // self.block_size:]:  # every block holding a rejected slot
+            h = self.block_hash[b]
+            if h is not None:
+                if self.hash_to_block.get(h) == b:
+                    del self.hash_to_block[h]
+                self.block_hash[b] = self.block_prefix[b] = None
+        keep = blocks_needed(num_tokens, self.block_size)
+        for b in reversed(seq.block_table[keep:]):
+            self.release(b)
+        del seq.block_table[keep:]
+        seq.num_computed_tokens = num_tokens
+
     def release(self, block_id: int) -> None:
         if self.ref_counts[block_id] <= 0:
             raise RuntimeError(f"block {block_id} freed twice: its reference count is already 0")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ...config import GPT2Config
+from ..contiguous import resolve_crop
 from .block_manager import blocks_needed
 
 
@@ -141,6 +142,21 @@ class PagedKVCache:
         B = batch_size
         self.prepare(self.block_tables, [self._length] * B, [T_new] * B)
         self._alone = True
+
+    def crop(self, max_length: int) -> None:
+        """Used alone: keep each row's first max_length tokens (negative: drop that many). Blocks left holding only
+        rejected slots go back to the free list; the block of the last kept token stays, and the next update
+        overwrites its rejected slots. Driven by the serving engine, the BlockManager owns the block tables:
+        roll a sequence back with BlockManager.crop(seq, num_tokens) instead."""
+        if self._prepared and not self._alone:
+            raise ValueError("this PagedKVCache is driven by prepare() (the serving engine): roll back a sequence "
+                             "with BlockManager.crop(seq, num_tokens), which owns its block table")
+        keep = resolve_crop(max_length, self._length, type(self).__name__)
+        need = blocks_needed(keep, self.block_size)
+        for table in self.block_tables:
+            while len(table) > need:
+                self._free.append(table.pop())  # the next _prepare_alone hands it out again
+        self._length = keep
 
     # -- sizes ----------------------------------------------------------------------------------------------------
     @property
