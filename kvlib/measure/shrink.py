@@ -23,6 +23,7 @@ from ..attention import sliding_window_mask
 from ..cache.quantized import QuantizedKVCache
 from ..model import gqa, mla
 from ..model.gpt2 import GPT2
+from .figures import device_label
 from .quality import (compare_decoding, first_token_attention, paired_difference, per_window, perplexity_of,
                       reconstruction_error, spread, window_nll, windows)
 
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = sweep(model, heldout_ids(), n_windows=args.windows, quant_windows=args.quant_windows, window=args.window,
                    sinks=args.sinks, group_size=args.group_size, residual_length=args.residual_length,
                    mla_ranks=args.mla_ranks, uptrained=args.uptrained)
-    result["meta"] = {"model": model.weights_source, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    result["meta"] = {"model": model.weights_source, "machine": device_label(), "torch": torch.__version__,
+                      "threads": torch.get_num_threads(),
                       "seconds": time.perf_counter() - tic, "date": time.strftime("%Y-%m-%d"),
                       "args": {k: str(v) for k, v in vars(args).items()}}
     print(f"done in {result['meta']['seconds']:.0f} s")

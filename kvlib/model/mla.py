@@ -19,7 +19,6 @@ r = kv_lora_rank.
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -96,9 +95,20 @@ class LatentGPT2(GPT2):
 
     def __init__(self, config, kv_lora_rank: int) -> None:
         super().__init__(config)
+        _check_rank(kv_lora_rank, config.n_embd)
         self.kv_lora_rank = kv_lora_rank
         for i, block in enumerate(self.transformer.h):
             block.attn = LatentAttention(config.n_embd, config.n_head, kv_lora_rank, i, config.attn_implementation)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """GPT-2's initialisation, with the latent projections drawn like the K/V projections they replace."""
+        super().reset_parameters(generator)  # zeroes what it does not know (q_proj.weight, kv_a_proj, kv_b_proj)
+        for block in self.transformer.h:
+            if isinstance(block.attn, LatentAttention):
+                for p in (block.attn.q_proj.weight, block.attn.kv_a_proj, block.attn.kv_b_proj):
+                    p.normal_(0.0, 0.02, generator=generator)
 
     def load_hf_state_dict(self, state_dict):
         raise TypeError("a LatentGPT2 has no Hugging Face GPT-2 counterpart: load the MHA model and convert it with "
@@ -126,11 +136,7 @@ def to_latent_attention(model: GPT2, kv_lora_rank: int) -> LatentGPT2:
     """
     _check_mha(model)
     C = model.config.n_embd
-    if isinstance(kv_lora_rank, bool) or not isinstance(kv_lora_rank, int):
-        raise TypeError(f"kv_lora_rank must be an int, got {type(kv_lora_rank).__name__}")
-    if not 1 <= kv_lora_rank <= C:
-        raise ValueError(f"kv_lora_rank must be in 1..n_embd={C}: [W_k | W_v] is (C, 2C), so rank C is already "
-                         f"exact; got {kv_lora_rank}")
+    _check_rank(kv_lora_rank, C)
     dtype, device = model.lm_head.weight.dtype, model.lm_head.weight.device
     new = LatentGPT2(model.config, kv_lora_rank).to(dtype=dtype, device=device)
     new.weights_source = f"{model.weights_source}, converted to latent attention (kv_lora_rank={kv_lora_rank})"
@@ -170,6 +176,9 @@ def _check_mha(model: GPT2) -> None:
                          f"n_kv_head={model.config.n_kv_head} (expand it first with kvlib.model.gqa.expand_kv_heads)")
 
 
-def clone_latent(model: LatentGPT2) -> LatentGPT2:
-    """An independent copy (for fine-tuning without touching the original)."""
-    return copy.deepcopy(model)
+def _check_rank(kv_lora_rank: int, C: int) -> None:
+    if isinstance(kv_lora_rank, bool) or not isinstance(kv_lora_rank, int):
+        raise TypeError(f"kv_lora_rank must be an int, got {type(kv_lora_rank).__name__}")
+    if not 1 <= kv_lora_rank <= C:
+        raise ValueError(f"kv_lora_rank must be in 1..n_embd={C}: [W_k | W_v] is (C, 2C), so rank C is already "
+                         f"exact; got {kv_lora_rank}")
