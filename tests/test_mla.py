@@ -155,8 +155,8 @@ def test_a_latent_model_built_directly_is_initialised_like_gpt2():
     model = mla.LatentGPT2(kvlib.GPT2Config(**SHAPE), 8)
     attn = model.transformer.h[0].attn
     for p in (attn.q_proj.weight, attn.kv_a_proj, attn.kv_b_proj):
-        assert torch.isfinite(p).all() and 0.01 < float(p.std()) < 0.03
-    assert model.kv_lora_rank == 8 and float(attn.q_proj.bias.abs().max()) == 0.0
+        assert torch.isfinite(p).all() and 0.01 < float(p.detach().std()) < 0.03
+    assert model.kv_lora_rank == 8 and float(attn.q_proj.bias.detach().abs().max()) == 0.0
 
 
 @settings(max_examples=15, deadline=None)
