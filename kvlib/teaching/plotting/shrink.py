@@ -161,6 +161,14 @@ def summary_points(results: dict, n_layer: int, n_kv_head: int, head_dim: int) -
     return points
 
 
+# Where plot_summary writes each family's labels (text, offset in points, alignment): clear of the crowd at 256 B.
+LABELS = {"MHA": (lambda name: name, (4, 8), "right"),
+          "MLA (SVD)": (lambda name: name, (-6, 3), "right"),
+          "quantized (KIVI-style)": (lambda name: name.split(",")[0], (0, -10), "center"),
+          "window": ("window 64 (with or without 4 sinks)", (6, -10), "left"),
+          "uptrained": (lambda name: name.replace(", uptrained", " uptrained"), (-6, -8), "right")}
+
+
 def plot_summary(points: list[dict], title: str):
     """Perplexity ratio (±2 standard errors) against cache bytes per token, one colour per family."""
     import matplotlib.pyplot as plt
@@ -173,9 +181,14 @@ def plot_summary(points: list[dict], title: str):
         ax.errorbar(p["bytes_per_token"], p["ratio"], yerr=[[p["ratio"] - p["low"]], [p["high"] - p["ratio"]]],
                     fmt="o", color=color, mfc="white" if hollow else color, capsize=3, ms=6,
                     label=None if p["family"] in seen else p["family"])
+        if p["family"] == "window" and p["family"] in seen:
+            continue  # the windows with and without sinks sit on one spot: one label for both
         seen.add(p["family"])
-        ax.annotate(p["name"].replace(", uptrained", ""), (p["bytes_per_token"], p["ratio"]),
-                    textcoords="offset points", xytext=(6, -3 if hollow else 3), fontsize=7, color=color)
+        text, offset, ha = LABELS.get(p["family"], (p["name"], (6, 3), "left"))
+        if ha == "right" and p["bytes_per_token"] <= min(q["bytes_per_token"] for q in points):
+            offset, ha = (6, 3), "left"  # nothing to the left of the leftmost point: label it on the right
+        ax.annotate(text(p["name"]) if callable(text) else text, (p["bytes_per_token"], p["ratio"]),
+                    textcoords="offset points", xytext=offset, ha=ha, fontsize=7, color=color)
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set(xscale="log", xlabel="cache bytes per token at the full 512-token context (fp16 storage)",
            ylabel="perplexity / unchanged model's (same windows)", title=title)
@@ -183,7 +196,7 @@ def plot_summary(points: list[dict], title: str):
     ax.set_xticks(ticks, labels=[f"{t:,}" for t in ticks])
     ax.minorticks_off()
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right", title="bars: ±2 standard errors (paired over windows)",
-              title_fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.08, 0.99),
+              title="bars: ±2 standard errors (paired over windows)", title_fontsize=8)
     fig.tight_layout()
     return fig
