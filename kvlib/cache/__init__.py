@@ -8,6 +8,7 @@
 May import: kvlib.config and kvlib.attention only.
 """
 from .contiguous import DynamicKVCache, KVCache, StaticKVCache
+from .latent import LatentKVCache
 from .paged import PagedKVCache
 from .quantized import QuantizedKVCache
 from .sliding_window import SlidingWindowKVCache

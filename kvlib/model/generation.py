@@ -19,6 +19,8 @@ PAGED_BLOCK_SIZE = 16  # cache="paged": vLLM's default block size
 
 def make_cache(model: GPT2, kind: str, batch_size: int, max_seq_len: int) -> KVCache:
     """An empty cache of `kind` ("dynamic", "static" or "paged") matching the model's dtype and device."""
+    if getattr(model, "kv_lora_rank", None) is not None:  # latent attention (kvlib.model.mla) caches latents
+        return _latent_cache(kind)
     if kind == "dynamic":
         return DynamicKVCache()
     if kind == "static":
@@ -31,6 +33,16 @@ def make_cache(model: GPT2, kind: str, batch_size: int, max_seq_len: int) -> KVC
         w = model.lm_head.weight
         return PagedKVCache(model.config, num_blocks, PAGED_BLOCK_SIZE, dtype=w.dtype, device=w.device)
     raise ValueError(f"cache must be one of {CACHE_KINDS}, got {kind!r}")
+
+
+def _latent_cache(kind: str):
+    """The cache of a latent-attention model: a LatentKVCache, which grows by concatenation ("dynamic")."""
+    from ..cache.latent import LatentKVCache
+
+    if kind != "dynamic":
+        raise ValueError(f"a latent-attention model caches one latent per token: only cache='dynamic' (a "
+                         f"LatentKVCache, grown by concatenation) is implemented for it, got {kind!r}")
+    return LatentKVCache()
 
 
 def sample_next_token(

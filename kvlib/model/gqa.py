@@ -20,6 +20,9 @@ from .gpt2 import GPT2
 def _check_model(model: GPT2) -> None:
     if not isinstance(model, GPT2):
         raise TypeError(f"model must be a kvlib.GPT2, got {type(model).__name__}")
+    if getattr(model, "kv_lora_rank", None) is not None:
+        raise TypeError("this model uses latent attention (kvlib.model.mla): it has no K/V heads to pool; pool the "
+                        "multi-head model instead")
 
 
 def allowed_n_kv_heads(n_head: int) -> list[int]:

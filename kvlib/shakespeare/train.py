@@ -89,9 +89,14 @@ class RestrictedHead(torch.nn.Module):
 
 
 def train(train_ids: torch.Tensor, heldout_ids: torch.Tensor, cfg: TrainConfig, progress: bool = True,
-          init: GPT2 | None = None) -> tuple[GPT2, dict]:
+          init: GPT2 | None = None, *, resume: dict | None = None, stop_step: int | None = None) -> tuple[GPT2, dict]:
     """Train a fresh GPT2 (or continue `init`) on 1-D train_ids; return (model, history) with the loss curve and
-    held-out scores."""
+    held-out scores.
+
+    A run can be cut into pieces: stop_step ends this call early (the schedule still runs to cfg.max_steps), and
+    a `resume` dict (empty at first) is filled with the step, optimizer moments and batch generator reached; passed
+    back with the same model, the next call continues exactly where this one stopped.
+    """
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -102,13 +107,19 @@ def train(train_ids: torch.Tensor, heldout_ids: torch.Tensor, cfg: TrainConfig, 
         model.reset_parameters(generator=torch.Generator().manual_seed(cfg.seed))
     optimizer = make_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
+    first = 0
+    if resume:  # continue a run cut into pieces: the same batches, schedule and optimizer state as one run
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        first = resume["step"]
+    last = cfg.max_steps if stop_step is None else min(stop_step, cfg.max_steps)
     types = torch.unique(train_ids.long())  # (K,) the token ids that occur in the training text
     remap = torch.full((model.config.vocab_size,), -1, dtype=torch.long)
     remap[types] = torch.arange(len(types))  # token id -> its index among `types`
     full_head = model.lm_head
     history = {"step": [], "train_loss": [], "eval_step": [], "eval_loss": [], "restricted_vocab": len(types)}
     start = time.perf_counter()
-    bar = tqdm(range(cfg.max_steps), disable=not progress, desc="training")
+    bar = tqdm(range(first, last), disable=not progress, desc="training")
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = get_lr(step, cfg)
@@ -133,7 +144,9 @@ def train(train_ids: torch.Tensor, heldout_ids: torch.Tensor, cfg: TrainConfig, 
             history["eval_step"].append(step + 1)
             history["eval_loss"].append(math.log(ppl))
     history["wall_s"] = time.perf_counter() - start
-    history["tokens_seen"] = cfg.max_steps * cfg.batch_size * cfg.context
+    history["tokens_seen"] = (last - first) * cfg.batch_size * cfg.context
+    if resume is not None:
+        resume.update(step=last, optimizer=optimizer.state_dict(), generator=generator.get_state())
     history["train_tokens"] = len(train_ids)
     history["heldout_tokens"] = len(heldout_ids)
     history["epochs"] = history["tokens_seen"] / len(train_ids)
