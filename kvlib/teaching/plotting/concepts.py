@@ -175,12 +175,8 @@ def plot_step_times(t, seconds_by_label: dict, *, title: str, reference: dict | 
     for i, (label, (ts, seconds)) in enumerate((reference or {}).items()):
         ax.plot(ts, [1e3 * s for s in seconds], linestyle="--", marker="o", markersize=6, fillstyle="none",
                 linewidth=1, color=colors[i % len(colors)] if colors else None, label=label)
-    ax.set(xlabel="sequence length t seen by the step (tokens)", ylabel="step time (ms)", title=title,
-           ylim=(0, None))
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish_lines(fig, ax, xlabel="sequence length t seen by the step (tokens)", ylabel="step time (ms)",
+                         title=title)
 
 
 def plot_positions_per_step(uncached: list[int], cached: list[int], *, title: str):
@@ -276,8 +272,13 @@ def plot_generate_use_cache(new_tokens, tokens_per_s: dict, *, title: str):
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, rates in tokens_per_s.items():
         ax.plot(new_tokens, rates, marker="o", label=label)
-    ax.set(xlabel="new tokens generated (max_new_tokens)", ylabel="generated tokens per second", title=title,
-           ylim=(0, None))
+    return _finish_lines(fig, ax, xlabel="new tokens generated (max_new_tokens)",
+                         ylabel="generated tokens per second", title=title)
+
+
+def _finish_lines(fig, ax, **labels):
+    """Labels, a y axis from zero, a light grid and a small legend: the common ending of a line plot here."""
+    ax.set(ylim=(0, None), **labels)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
