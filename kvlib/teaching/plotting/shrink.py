@@ -45,6 +45,7 @@ def plot_key_magnitudes(keys: torch.Tensor, title: str):
     fig, ax = plt.subplots(figsize=(8, 3))
     im = ax.imshow(keys.T.abs(), aspect="auto", cmap="viridis")  # (hs, T): one row per channel
     ax.set(xlabel="token position", ylabel="key channel", title=title)
+    ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))  # channels are whole numbers
     fig.colorbar(im, ax=ax, label="|key value|")
     fig.tight_layout()
     return fig
@@ -116,7 +117,9 @@ def plot_uptraining(rows: list[dict], k: int = 20):
     for row in rows:
         loss = torch.tensor(row["train_loss"], dtype=torch.float64)
         smooth = torch.nn.functional.avg_pool1d(loss[None, None], k, stride=1)[0, 0]
-        ax.plot(torch.arange(k, len(loss) + 1), smooth, label=row["label"])
+        control = "control" in row["label"]  # drawn on top, dashed: the others are read against it
+        ax.plot(torch.arange(k, len(loss) + 1), smooth, label=row["label"], color="black" if control else None,
+                linestyle="--" if control else "-", linewidth=1.2 if control else 1.5, zorder=3 if control else 2)
     ax.set(xlabel="uptraining step", ylabel=f"training loss (nats, {k}-step mean)",
            title=f"Uptraining on {rows[0]['budget']['machine'].split(',')[0]}")
     ax.grid(alpha=0.3), ax.legend(fontsize=8)
