@@ -27,18 +27,12 @@ def forward_seconds(model: GPT2, ks: list[int], *, context: int = 64, repeats: i
     ids = torch.randint(0, model.config.vocab_size, (1, context + max(ks)), generator=g)
     cache = DynamicKVCache()
     model(ids[:, :context], cache, logits_to_keep=1)
-    samples: dict[int, list[float]] = {k: [] for k in ks}
 
     def forward(k: int) -> None:
         model(ids[:, context:context + k], cache, logits_to_keep=k)  # a verification: logits at all k positions
         cache.crop(context)
 
-    for k in ks:
-        measure(lambda: forward(k), "cpu", repeats=1, warmup=1)
-    for _ in range(repeats):
-        for k in ks:
-            samples[k] += measure(lambda: forward(k), "cpu", repeats=1, warmup=0)
-    return samples
+    return interleaved_seconds({k: lambda k=k: forward(k) for k in ks}, repeats, warmup=2)
 
 
 def verification_cost(samples: dict[int, list[float]]) -> dict[int, float]:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from .generation import CACHE_KINDS, make_cache, sample_next_token
+from .generation import CACHE_KINDS, make_cache, sample_next_token, top_k_filter
 from .gpt2 import GPT2
 
 SHAKESPEARE_DRAFT_DIR = Path(__file__).resolve().parent.parent / "data" / "shakespeare-draft"
@@ -34,10 +34,7 @@ class Draft(NamedTuple):
 def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None) -> torch.Tensor:
     """The distribution `sample_next_token` draws from, for logits (..., V): softmax(logits / T) over the top k, in
     float32 or better."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1): the k-th largest logit
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logits = top_k_filter(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, top_k)
     return torch.softmax(logits, dim=-1)  # (..., V)
 
 

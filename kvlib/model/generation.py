@@ -45,6 +45,15 @@ def _latent_cache(kind: str):
     return LatentKVCache()
 
 
+def top_k_filter(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """logits (..., V) with every token below the k-th largest set to -inf (None or k >= V: unchanged). A tie at
+    the border keeps every tied token."""
+    if top_k is None or top_k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1): the k-th largest logit
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
 def sample_next_token(
     logits: torch.Tensor,
     temperature: float = 0.0,
@@ -54,10 +63,7 @@ def sample_next_token(
     """Pick the next token (B,) from last-position logits (B, V): argmax when temperature is 0, else sample."""
     if temperature == 0.0:
         return logits.argmax(dim=-1)  # (B,)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest logit
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logits = top_k_filter(logits.float() / temperature, top_k)
     probs = torch.softmax(logits, dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model.generation import top_k_filter
+
 
 def _check_int(name: str, value, low: int, allow_none: bool, hint: str = "") -> None:
     if value is None and allow_none:
@@ -65,9 +67,7 @@ class SamplingParams:
 def top_k_top_p_filter(logits: torch.Tensor, top_k: int | None, top_p: float) -> torch.Tensor:
     """(R, V) logits with every token outside the top_k and outside the top_p nucleus set to -inf. The most likely
     token always survives; a tie at the top-k border keeps every tied token (as kvlib.generate does)."""
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (R, 1): the k-th largest logit
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logits = top_k_filter(logits, top_k)
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (R, V)
         probs = torch.softmax(sorted_logits, dim=-1)
