@@ -58,12 +58,14 @@ class EngineStats:
 class LLMEngine:
     """packed_rows=False runs the engine as it was before packed rows (left-padded rows, K/V gathered), to compare;
     attention picks the packed forward's attention ("fast", or a reference: "online_softmax", "split", "gather");
-    prepack_weights lays the weights out for this CPU's matrix kernels (a copy, made once)."""
+    prepack_weights lays the weights out for this CPU's matrix kernels (a copy, made once per model);
+    enforce_eager=False runs every step of decode rows only as one graph compiled by torch.compile (vLLM's default;
+    kvlib's is eager, because compiling takes tens of seconds per model: kvlib.serving.compiled_step)."""
 
     def __init__(self, model: GPT2, num_blocks: int, block_size: int = 16, *, enable_prefix_caching: bool = True,
                  max_num_seqs: int = 64, max_num_batched_tokens: int = 256, check_invariants: bool = True,
                  packed_rows: bool = True, attention: str = "fast", prepack_weights: bool = True,
-                 seed: int = 0) -> None:
+                 enforce_eager: bool = True, seed: int = 0) -> None:
         if not isinstance(model, GPT2):
             raise TypeError(f"model must be a kvlib.GPT2, got {type(model).__name__}")
         self.model = model
@@ -71,7 +73,10 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, max_num_seqs=max_num_seqs,
                                    max_num_batched_tokens=max_num_batched_tokens)
         if packed_rows:
-            self.model_runner = ModelRunner(model, num_blocks, block_size, attention=attention, prepack=prepack_weights)
+            self.model_runner = ModelRunner(model, num_blocks, block_size, attention=attention, prepack=prepack_weights,
+                                            enforce_eager=enforce_eager)
+        elif not enforce_eager:
+            raise ValueError("enforce_eager=False compiles the packed-rows step: it needs packed_rows=True")
         else:
             self.model_runner = PaddedModelRunner(model, num_blocks, block_size)
         self.check_invariants = check_invariants

@@ -24,18 +24,24 @@ from .scheduler import ScheduledBatch
 
 
 class ModelRunner:
+    """enforce_eager=False: steps of decode rows only run as one compiled graph (kvlib.serving.compiled_step); the
+    pool then holds one block more than the block manager hands out, for that graph's padding row."""
+
     def __init__(self, model: GPT2, num_blocks: int, block_size: int, *, attention: str = "fast",
-                 prepack: bool = True) -> None:
+                 prepack: bool = True, enforce_eager: bool = True) -> None:
         self.model = model
         w = model.lm_head.weight
-        self.kv_cache = PagedKVCache(model.config, num_blocks, block_size, dtype=w.dtype, device=w.device)
+        extra = 0 if enforce_eager else 1  # block num_blocks: no request's
+        self.kv_cache = PagedKVCache(model.config, num_blocks + extra, block_size, dtype=w.dtype, device=w.device)
         self.device = w.device
-        self.forward = PackedGPT2(model, self.kv_cache, attention=attention, prepack=prepack)
+        self.forward = PackedGPT2(model, self.kv_cache, attention=attention, prepack=prepack,
+                                  enforce_eager=enforce_eager, padding_block=None if enforce_eager else num_blocks)
 
     def computed_positions(self, batch: ScheduledBatch) -> int:
         """Token positions the forward computes: exactly the real ones."""
         return batch.num_batched_tokens
 
+    @torch.inference_mode()  # every tensor of a step an inference tensor (the compiled step guards on it)
     def run(self, batch: ScheduledBatch, sampling: list[SamplingParams],
             generators: list[torch.Generator | None]) -> list[int | None]:
         """One forward over the step; the next token of each row that reaches its newest token, None for a row

@@ -7,6 +7,9 @@ input_batch), and it reads the earlier tokens' K/V from the block pool where the
 Logits are computed only for the rows that produce a token (each request's last position), and in the last layer
 only those rows go through the MLP: nothing after the last attention mixes rows.
 
+`gpt2_layers` is that stack, written once; `PackedGPT2` runs it eagerly for any step, and, unless enforce_eager,
+hands a step of decode rows only to the same stack compiled as one graph (kvlib.serving.compiled_step).
+
 Proven equal to the readable model: tests/test_packed_forward.py (logits within fp32 rounding, greedy tokens equal).
 
 Shapes: T tokens in the step, C channels, nh heads, nkv K/V heads, hs head size, R_out rows that produce a token,
@@ -14,67 +17,88 @@ V vocabulary.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+import torch.nn as nn
 
 from ..cache.paged.cache import PagedKVCache
+from ..config import GPT2Config
 from ..cache.paged.decode_kernel import decode_work
 from ..cache.paged.fast_attention import ATTENTION_BACKENDS, paged_attention
 from ..model.gpt2 import GPT2
 from .input_batch import PackedBatch
-from .prepacked import PrepackedLinear, plain_linear
+from .prepacked import GPT2Products
+
+# attend(layer, q (T, nh, hs), k, v (T, nkv, hs)) -> (T, nh, hs): writes the layer's new K/V, attends.
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def gpt2_layers(cfg: GPT2Config, transformer: nn.Module, products: GPT2Products, x: torch.Tensor, attend: Attend,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Embedded tokens x (T, C) through every block and the LM head -> logits (T, V), or (len(keep), V) for the rows
+    `keep` (after the last attention nothing mixes rows, so the others are dropped there)."""
+    T, C, nh, nkv, hs = x.shape[0], cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim
+    for i, (block, (qkv_proj, out_proj, fc, fc_proj)) in enumerate(zip(transformer.h, products.layers)):
+        q, k, v = qkv_proj(block.ln_1(x)).split([C, nkv * hs, nkv * hs], dim=-1)  # (T, C), (T, nkv*hs) x2
+        y = attend(i, q.view(T, nh, hs), k.view(T, nkv, hs), v.view(T, nkv, hs)).reshape(T, C)  # heads side by side
+        if keep is not None and i == cfg.n_layer - 1:  # from here on rows do not mix
+            if not len(keep):  # only prompt chunks that are not their last: K/V written, no logits
+                return x.new_empty(0, cfg.vocab_size)
+            x, y = x[keep], y[keep]  # (R_out, C)
+        x = x + out_proj(y)
+        x = x + fc_proj(fc(block.ln_2(x)))
+    return products.lm_head(transformer.ln_f(x))  # (T or R_out, V)
+
+
+def write_kv(key_cache: torch.Tensor, value_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor,
+             v: torch.Tensor) -> None:
+    """Each new token's K and V (T, nkv, hs) into its slot of one layer's pool (N, S, nkv, hs)."""
+    nkv, hs = k.shape[1:]
+    key_cache.view(-1, nkv, hs).index_copy_(0, slot_mapping, k)
+    value_cache.view(-1, nkv, hs).index_copy_(0, slot_mapping, v)
 
 
 class PackedGPT2:
-    def __init__(self, model: GPT2, kv_cache: PagedKVCache, *, attention: str = "fast", prepack: bool = True) -> None:
+    """enforce_eager=False needs `padding_block`: a block of kv_cache that no request owns (the compiled graph's
+    padding row writes there; see kvlib.serving.compiled_step)."""
+
+    def __init__(self, model: GPT2, kv_cache: PagedKVCache, *, attention: str = "fast", prepack: bool = True,
+                 enforce_eager: bool = True, padding_block: int | None = None) -> None:
         if attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
-        self.model, self.kv_cache, self.attention, self.prepack = model, kv_cache, attention, prepack
-        self._build_products()
-
-    def _build_products(self) -> None:
-        """Per layer: qkv, attention output, MLP in (with GELU), MLP out; and the LM head (tied to wte)."""
-        if self.prepack:
-            make = lambda m, act="none": PrepackedLinear(m.weight, m.bias, activation=act)  # noqa: E731
-            self.lm_head = PrepackedLinear(self.model.lm_head.weight.t(), None)  # (C, V) view of the (V, C) weight
-        else:
-            make = plain_linear
-            self.lm_head = self.model.lm_head
-        self.layers = [(make(b.attn.c_attn), make(b.attn.c_proj), make(b.mlp.c_fc, "gelu_tanh"), make(b.mlp.c_proj))
-                       for b in self.model.transformer.h]
-        self._products = [p for layer in self.layers for p in layer] + [self.lm_head]
-
-    def refresh_if_stale(self) -> None:
-        """Rebuild the prepacked copies if any weight changed since they were made (cheap check per step)."""
-        if self.prepack and any(p.version != p.key() for p in self._products):
-            for p in self._products:
-                p.refresh()
+        if not enforce_eager and attention != "fast":
+            raise ValueError(f"enforce_eager=False compiles the engine's own attention: attention must be 'fast', "
+                             f"got {attention!r}")
+        self.model, self.kv_cache, self.attention = model, kv_cache, attention
+        self.products = GPT2Products.for_model(model, prepack)  # shared by every engine on this model
+        if not enforce_eager and not (isinstance(padding_block, int) and 0 <= padding_block < kv_cache.num_blocks):
+            raise ValueError(f"enforce_eager=False needs padding_block, a block of the pool no request owns, in "
+                             f"[0, {kv_cache.num_blocks}); got {padding_block!r}")
+        self.compiled_decode = None
+        if not enforce_eager:
+            from .compiled_step import CompiledDecodeStep  # noqa: PLC0415 - torch.compile only when asked
+            self.compiled_decode = CompiledDecodeStep(model, self.products, kv_cache, padding_block)
 
     @torch.inference_mode()
     def __call__(self, batch: PackedBatch) -> torch.Tensor:
         """Write the step's K/V into the pool; return the logits (R_out, V) of the rows that produce a token."""
-        cfg, h = self.model.config, self.model.transformer
-        T, C, nh, nkv, hs = batch.num_tokens, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.refresh_if_stale()
+        h = self.model.transformer
+        stale = self.products.refresh_if_stale()
         D = batch.num_decode_rows
+        if self.compiled_decode is not None and D == len(batch.query_lens):  # decode rows only: one graph
+            return self.compiled_decode(batch, recompile=stale)
         decode = None  # the decode rows' (row, block) work items, once for every layer
         if D and self.attention == "fast":
             decode = decode_work(batch.block_tables[:D], batch.seq_lens[:D], self.kv_cache.block_size)
-        x = h.wte(batch.input_ids) + h.wpe(batch.positions)  # (T, C)
-        for i, (block, (qkv_proj, out_proj, fc, fc_proj)) in enumerate(zip(h.h, self.layers)):
-            q, k, v = qkv_proj(block.ln_1(x)).split([C, nkv * hs, nkv * hs], dim=-1)  # (T, C), (T, nkv*hs) x2
-            q, k, v = q.view(T, nh, hs), k.view(T, nkv, hs), v.view(T, nkv, hs)
-            key_cache, value_cache = self.kv_cache.key_cache[i], self.kv_cache.value_cache[i]  # (N, S, nkv, hs)
-            key_cache.view(-1, nkv, hs).index_copy_(0, batch.slot_mapping, k)  # each token's K/V to its slot
-            value_cache.view(-1, nkv, hs).index_copy_(0, batch.slot_mapping, v)
-            y = paged_attention(q, k, v, key_cache, value_cache, batch.block_tables, batch.seq_lens,
-                                batch.query_start_loc, num_decode_rows=batch.num_decode_rows,
-                                query_lens=batch.query_lens, context_lens=batch.context_lens,
-                                backend=self.attention, decode=decode).reshape(T, C)  # (T, C): heads side by side
-            if i == cfg.n_layer - 1:  # from here on rows do not mix: keep only those that produce a token
-                if not len(batch.logits_indices):  # only prompt chunks that are not their last: K/V written, done
-                    return x.new_empty(0, cfg.vocab_size)
-                x, y = x[batch.logits_indices], y[batch.logits_indices]  # (R_out, C)
-            x = x + out_proj(y)
-            x = x + fc_proj(fc(block.ln_2(x)))
-        return self.lm_head(h.ln_f(x))  # (R_out, V)
 
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            key_cache, value_cache = self.kv_cache.key_cache[i], self.kv_cache.value_cache[i]  # (N, S, nkv, hs)
+            write_kv(key_cache, value_cache, batch.slot_mapping, k, v)
+            return paged_attention(q, k, v, key_cache, value_cache,
+                                   batch.block_tables, batch.seq_lens, batch.query_start_loc,
+                                   num_decode_rows=D, query_lens=batch.query_lens, context_lens=batch.context_lens,
+                                   backend=self.attention, decode=decode)
+
+        x = h.wte(batch.input_ids) + h.wpe(batch.positions)  # (T, C)
+        return gpt2_layers(self.model.config, h, self.products, x, attend, keep=batch.logits_indices)

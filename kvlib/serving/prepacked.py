@@ -3,12 +3,16 @@ what `torch.compile`'s freezing does to a linear layer on CPU), used by the engi
 
 Why: a serving step multiplies a few dozen rows by large weight matrices ("skinny" products). A plain (in, out) or
 (out, in) matrix makes the kernel re-block the weight on every call; a prepacked one is read as it is stored.
-Measured on the 2-core CPU of this project (see the engine's report): about 1.3-1.4x on GPT-2-small's matrices at
-16-48 rows. The result equals `x @ W + b` up to float rounding (the sums run in another order).
+Measured on the 2-core CPU of this project: `python -m kvlib.measure.bench serving --part products` (notebook 07).
+The result equals `x @ W + b` up to float rounding (the sums run in another order).
+
+The copies are made once per model (`GPT2Products.for_model`) and shared by every engine that serves it.
 
 Shapes: T rows (tokens), K inputs, N outputs.
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn as nn
@@ -19,13 +23,15 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-class PrepackedLinear:
+class PrepackedLinear(nn.Module):
     """y = x W + b for a Conv1D-style weight W (K, N), with W reordered once into oneDNN's layout. `activation`
     "gelu_tanh" fuses GPT-2's GELU into the product (oneDNN's post-op). Falls back to addmm where oneDNN is absent
-    or off the CPU. Not a module: it holds a read-only copy; `refresh()` rebuilds it after the weights change."""
+    or off the CPU. Holds a read-only copy as a buffer (torch.compile's freezing folds it into a compiled graph);
+    `refresh()` rebuilds it after the weights change."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, activation: str = "none",
                  batch_hint: int = 48) -> None:
+        super().__init__()
         if activation not in ("none", "gelu_tanh"):
             raise ValueError(f"activation must be 'none' or 'gelu_tanh', got {activation!r}")
         self.source, self.bias_source = weight, bias
@@ -35,18 +41,17 @@ class PrepackedLinear:
     def refresh(self) -> None:
         w = self.source.detach()
         self.fast = onednn_available() and w.device.type == "cpu" and w.dtype == torch.float32
-        self.bias = None if self.bias_source is None else self.bias_source.detach()
-        if self.fast:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), self.batch_hint)  # (N, K) packed
-        else:
-            self.packed = w  # (K, N)
+        bias = None if self.bias_source is None else self.bias_source.detach()
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), self.batch_hint) if self.fast else w
+        self.register_buffer("packed", packed, persistent=False)  # (N, K) packed, or the (K, N) weight itself
+        self.register_buffer("bias", bias, persistent=False)
         self.version = self.key()
 
     def key(self) -> tuple:
         b = self.bias_source
         return (self.source.data_ptr(), self.source._version, None if b is None else (b.data_ptr(), b._version))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(T, K) -> (T, N)."""
         if self.fast:
             if self.activation == "gelu_tanh":
@@ -56,9 +61,58 @@ class PrepackedLinear:
         return F.gelu(y, approximate="tanh") if self.activation == "gelu_tanh" else y
 
 
-def plain_linear(module: nn.Module, activation: str = "none"):
-    """The readable product, as the model computes it: addmm(bias, x, W) with W (K, N)."""
-    def linear(x: torch.Tensor) -> torch.Tensor:
-        y = torch.addmm(module.bias, x, module.weight)  # (T, N)
-        return F.gelu(y, approximate="tanh") if activation == "gelu_tanh" else y
-    return linear
+class PlainLinear(nn.Module):
+    """The readable product, as the model computes it: addmm(bias, x, W) with the model's own W (K, N)."""
+
+    def __init__(self, module: nn.Module, activation: str = "none") -> None:
+        super().__init__()
+        self.module, self.activation = module, activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.addmm(self.module.bias, x, self.module.weight)  # (T, N)
+        return F.gelu(y, approximate="tanh") if self.activation == "gelu_tanh" else y
+
+
+class GPT2Products(nn.Module):
+    """Every weight product of a GPT-2, per layer (qkv, attention output, MLP in with its GELU, MLP out) and the LM
+    head (tied to wte), prepacked or plain. One per (model, prepack), shared: `GPT2Products.for_model`."""
+
+    _cache: "weakref.WeakKeyDictionary[nn.Module, dict[bool, GPT2Products]]" = weakref.WeakKeyDictionary()
+
+    def __init__(self, model: nn.Module, prepack: bool = True) -> None:
+        super().__init__()
+        self.prepack = prepack
+        if prepack:
+            make = lambda m, act="none": PrepackedLinear(m.weight, m.bias, activation=act)  # noqa: E731
+            self.lm_head = PrepackedLinear(model.lm_head.weight.t(), None)  # (C, V) view of the (V, C) weight
+        else:
+            make = PlainLinear
+            self.lm_head = model.lm_head
+        self.layers = nn.ModuleList(
+            nn.ModuleList([make(b.attn.c_attn), make(b.attn.c_proj), make(b.mlp.c_fc, "gelu_tanh"), make(b.mlp.c_proj)])
+            for b in model.transformer.h)
+        self._prepacked = [p for p in self.modules() if isinstance(p, PrepackedLinear)]
+        self._params = list(model.parameters())  # the model's weights, not the model: see refresh_if_stale
+        self._weights_version = self._version_sum()
+
+    @classmethod
+    def for_model(cls, model: nn.Module, prepack: bool = True) -> "GPT2Products":
+        per_model = cls._cache.setdefault(model, {})
+        if prepack not in per_model:
+            per_model[prepack] = cls(model, prepack)
+        return per_model[prepack]
+
+    def _version_sum(self) -> int:
+        return sum(p._version for p in self._params)  # every in-place change bumps a tensor's version
+
+    def refresh_if_stale(self) -> bool:
+        """True if any of the model's weights changed in place (load_state_dict, an optimizer step) since the last
+        check, after rebuilding the prepacked copies (a compiled graph that froze the weights must compile again).
+        A cheap check, made every step."""
+        version = self._version_sum()
+        if version == self._weights_version:
+            return False
+        for p in self._prepacked:
+            p.refresh()
+        self._weights_version = version
+        return True

@@ -1,0 +1,108 @@
+"""A step of decode rows only, as one graph compiled by torch.compile: vLLM's default on CPU (its model compiled,
+dynamic in the number of tokens), for kvlib's packed forward.
+
+Why: run eagerly, a step dispatches some twenty ops per layer from Python, and the layer norms, residual adds and
+the attention's small ops each make a pass over memory of their own. Compiled, the whole step is one call: the
+compiler fuses the elementwise work into the loops around it, writes the attention as the loops of
+kvlib.cache.paged.decode_kernel (K/V read in place), and calls the same prepacked oneDNN products, their weights
+frozen into the graph as constants (inductor's `freezing`). The graph is the same `gpt2_layers` the eager path runs.
+
+Costs and rules:
+- Compiling takes tens of seconds, once per model and process (inductor also caches on disk), so kvlib's engine
+  runs eagerly unless asked (`LLMEngine(..., enforce_eager=False)`), unlike vLLM. Mixed steps (a prompt chunk in
+  them) always run eagerly: one graph for decode rows covers almost every step of a serving run.
+- The number of rows, of work items and of blocks per row stay symbolic; the compiler specialises sizes 0 and 1, so
+  a step with one row (or one block per row) gets a padding row: one token in a block that no request owns
+  (`padding_block`), whose logits are dropped.
+- The weights are frozen in: if they change, the next step compiles again (the engine checks every step).
+
+Proven equal to the eager step, token for token: tests/test_compiled_step.py.
+
+Shapes: R decode rows (one token each), C channels, nh heads, nkv K/V heads, hs head size, V vocabulary,
+I work items, W blocks in the longest row, N blocks of S slots.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx.experimental._config as shape_config
+import torch.nn as nn
+
+from ..cache.paged.cache import PagedKVCache
+from ..cache.paged.decode_kernel import DecodeWork, decode_work, paged_decode_attention
+from ..config import GPT2Config
+from ..model.gpt2 import GPT2
+from .input_batch import PackedBatch
+from .packed_forward import gpt2_layers, write_kv
+from .prepacked import GPT2Products
+
+
+class DecodeGraph(nn.Module):
+    """The all-decode step over one model's weights (the module torch.compile freezes)."""
+
+    def __init__(self, config: GPT2Config, transformer: nn.Module, products: GPT2Products) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer, self.products = transformer, products  # the model's own modules, not copies
+
+    def forward(self, key_caches: list[torch.Tensor], value_caches: list[torch.Tensor], input_ids: torch.Tensor,
+                positions: torch.Tensor, slot_mapping: torch.Tensor, seq_lens: torch.Tensor, block: torch.Tensor,
+                row: torch.Tensor, first_pos: torch.Tensor, merge_index: torch.Tensor) -> torch.Tensor:
+        """R decode rows (input_ids, positions, slot_mapping, seq_lens: (R,)) -> logits (R, V)."""
+        work = DecodeWork(block, row, first_pos, merge_index)
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            write_kv(key_caches[i], value_caches[i], slot_mapping, k, v)
+            return paged_decode_attention(q, key_caches[i], value_caches[i], seq_lens, work)  # (R, nh, hs)
+
+        h = self.transformer
+        x = h.wte(input_ids) + h.wpe(positions)  # (R, C)
+        return gpt2_layers(self.config, h, self.products, x, attend)  # (R, V)
+
+
+def _compiled_graph(model: GPT2, products: GPT2Products, recompile: bool):
+    """The compiled DecodeGraph of this model's products, built on first use (and again after a weight change)."""
+    compiled = products.__dict__.get("_compiled_decode")
+    if compiled is None or recompile:
+        graph = DecodeGraph(model.config, model.transformer, products).eval()
+        compiled = torch.compile(graph, dynamic=True, fullgraph=True)
+        products.__dict__["_compiled_decode"] = compiled  # not a submodule: kept out of state_dict and modules()
+    return compiled
+
+
+def pad_decode_step(input_ids, positions, slot_mapping, seq_lens, block_tables, padding_block: int, block_size: int):
+    """Append a padding row (token 0 at position 0, written to slot 0 of padding_block, one key) when there is one
+    row, and a column to the block tables when every row fits one block: no size below 2 reaches the compiler."""
+    if len(input_ids) < 2:
+        one = lambda t, value: torch.cat([t, t.new_full((1,), value)])  # noqa: E731
+        input_ids, positions = one(input_ids, 0), one(positions, 0)
+        slot_mapping, seq_lens = one(slot_mapping, padding_block * block_size), one(seq_lens, 1)
+        block_tables = torch.cat([block_tables, block_tables.new_full((1, block_tables.shape[1]), padding_block)])
+    if block_tables.shape[1] < 2:
+        block_tables = torch.cat([block_tables, block_tables.new_full((len(block_tables), 1), padding_block)], dim=1)
+    return input_ids, positions, slot_mapping, seq_lens, block_tables
+
+
+class CompiledDecodeStep:
+    """One engine's compiled all-decode step: its pool, its padding block, the model's compiled graph."""
+
+    def __init__(self, model: GPT2, products: GPT2Products, kv_cache: PagedKVCache, padding_block: int) -> None:
+        self.model, self.products, self.kv_cache, self.padding_block = model, products, kv_cache, padding_block
+        for cache in (*kv_cache.key_cache, *kv_cache.value_cache):  # (N, S, nkv, hs): heads, head size compiled in
+            torch._dynamo.mark_static(cache, 2)
+            torch._dynamo.mark_static(cache, 3)
+
+    def __call__(self, batch: PackedBatch, *, recompile: bool = False) -> torch.Tensor:
+        """A step of decode rows only: writes each row's K/V, returns logits (R, V)."""
+        R, kv = batch.num_tokens, self.kv_cache
+        input_ids, positions, slot_mapping, seq_lens, block_tables = pad_decode_step(
+            batch.input_ids, batch.positions, batch.slot_mapping, batch.seq_lens, batch.block_tables,
+            self.padding_block, kv.block_size)
+        work = decode_work(block_tables, seq_lens, kv.block_size)
+        graph = _compiled_graph(self.model, self.products, recompile)
+        # No guard on sizes that happen to be equal (duck sizing): one compilation serves every step. Freezing: the
+        # weights become constants of the graph (the prepacked products need it).
+        with shape_config.patch(use_duck_shape=False, backed_size_oblivious=True), \
+                torch._dynamo.config.patch(recompile_limit=64), torch._inductor.config.patch(freezing=True):
+            logits = graph(kv.key_cache, kv.value_cache, input_ids, positions, slot_mapping, seq_lens, work.block,
+                           work.row, work.first_pos, work.merge_index)
+        return logits[:R]  # (R, V): the padding row's dropped
