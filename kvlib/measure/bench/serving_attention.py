@@ -140,16 +140,14 @@ def attention_figure(data: dict, device: str = ""):
     import matplotlib.pyplot as plt
 
     from ..figures import plain_log_labels
+    from .serving_figures import spread_errorbar
 
     a = data["attention"]
     contexts = [p["context"] for p in a["points"]]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, color in zip(METHODS, ("tab:red", "tab:blue", "tab:gray")):
-        med = [p["ms"][name]["median"] for p in a["points"]]
-        err = [[m - p["ms"][name]["min"] for m, p in zip(med, a["points"])],
-               [p["ms"][name]["max"] - m for m, p in zip(med, a["points"])]]
-        ax.errorbar(contexts, med, yerr=err, color=color, marker="o", ms=4, capsize=3, label=LABELS[name],
-                    ls="--" if name == "contiguous" else "-")
+        spread_errorbar(ax, contexts, [p["ms"][name] for p in a["points"]], color=color, label=LABELS[name],
+                        ls="--" if name == "contiguous" else "-")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(contexts, [str(c) for c in contexts])

@@ -87,22 +87,16 @@ def products_figure(data: dict, device: str = ""):
     """ms per step of the products against rows, plain and prepacked, with min-max whiskers."""
     import matplotlib.pyplot as plt
 
+    from ..figures import finish_side_by_side
+    from .serving_figures import spread_errorbar
+
     p = data["products"]
     rows = [x["rows"] for x in p["points"]]
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for name, color, label in (("plain", "tab:gray", "plain addmm (the readable model)"),
                                ("prepacked", "tab:blue", "PrepackedLinear (oneDNN layout, the engine)")):
-        med = [x["ms"][name]["median"] for x in p["points"]]
-        err = [[m - x["ms"][name]["min"] for m, x in zip(med, p["points"])],
-               [x["ms"][name]["max"] - m for m, x in zip(med, p["points"])]]
-        ax.errorbar(rows, med, yerr=err, color=color, marker="o", ms=4, capsize=3, label=label)
+        spread_errorbar(ax, rows, [x["ms"][name] for x in p["points"]], color=color, label=label)
     ax.set_xticks(rows, [str(r) for r in rows])
-    ax.set_ylim(0, None)
-    ax.set_xlabel("rows (tokens in the step)")
-    ax.set_ylabel("ms per step, all products")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"The {p['products']} weight products of one step, fp32: median, whiskers min-max of "
-                 f"{p['repeats']} repeats\n{device}", fontsize=9)
-    fig.tight_layout()
-    return fig
+    ax.set(ylim=(0, None), xlabel="rows (tokens in the step)", ylabel="ms per step, all products")
+    return finish_side_by_side(fig, [ax], f"The {p['products']} weight products of one step, fp32: median, whiskers "
+                                          f"min-max of {p['repeats']} repeats\n{device}")
