@@ -209,7 +209,8 @@ def test_the_committed_results_hold_together():
         assert {name: c["identical"] for name, c in r["same_tokens_as_kvlib"].items()} == \
             {name: n for name in r["engines"] if name != "kvlib"}, workload
     assert set(data["meta"]["parts"]) == set(serving.PARTS) and "vLLM (default)" in serving_report.report(data)
-    assert all(max(p["max_abs_diff"].values()) <= data["attention"]["agree_within"] for p in data["attention"]["points"])
+    a = data["attention"]
+    assert all(max(p["max_abs_diff"].values()) <= a["agree_within"] for p in a["points"])
     assert data["chunked"]["same_tokens"] and all(x["max_rel_diff"] <= data["products"]["agree_within"]
                                                   for x in data["products"]["points"])
 

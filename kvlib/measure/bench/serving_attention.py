@@ -158,6 +158,7 @@ def attention_figure(data: dict, device: str = ""):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Decode attention, one layer: {a['rows']} rows x {a['n_head']} heads of {a['head_dim']}, blocks of "
-                 f"{a['block_size']}, fp32\nmedian, whiskers min-max of {a['repeats']} repeats — {device}", fontsize=9)
+                 f"{a['block_size']}, fp32\nmedian, whiskers min-max of {a['repeats']} repeats — {device}",
+                 fontsize=9)
     fig.tight_layout()
     return fig
