@@ -135,12 +135,18 @@ def attention_lines(data: dict) -> list[str]:
     return lines
 
 
+def spread_errorbar(ax, xs, spreads: list[dict], **kw):
+    """Medians joined by a line, whiskers from each point's min to its max ({"median", "min", "max"} per point)."""
+    med = [x["median"] for x in spreads]
+    err = [[m - x["min"] for m, x in zip(med, spreads)], [x["max"] - m for m, x in zip(med, spreads)]]
+    return ax.errorbar(xs, med, yerr=err, marker="o", ms=4, capsize=3, **kw)
+
+
 def attention_figure(data: dict, device: str = ""):
     """ms per layer against context, log-log, the three ways with min-max whiskers."""
     import matplotlib.pyplot as plt
 
     from ..figures import plain_log_labels
-    from .serving_figures import spread_errorbar
 
     a = data["attention"]
     contexts = [p["context"] for p in a["points"]]

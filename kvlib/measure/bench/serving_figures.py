@@ -13,13 +13,6 @@ COLORS = {"kvlib": "tab:blue", "vllm_default": "tab:green", "vllm_eager": "tab:o
           "static_max": "tab:red", "hf_continuous": "tab:orange"}
 
 
-def spread_errorbar(ax, xs, spreads: list[dict], **kw):
-    """Medians joined by a line, whiskers from each point's min to its max ({"median", "min", "max"} per point)."""
-    med = [x["median"] for x in spreads]
-    err = [[m - x["min"] for m, x in zip(med, spreads)], [x["max"] - m for m, x in zip(med, spreads)]]
-    return ax.errorbar(xs, med, yerr=err, marker="o", ms=4, capsize=3, **kw)
-
-
 def _device(data: dict, part: str) -> str:
     meta = data["meta"]["parts"].get(part)
     return f"{meta['device']}, {meta['date'][:10]}" if meta else ""

@@ -88,7 +88,7 @@ def products_figure(data: dict, device: str = ""):
     import matplotlib.pyplot as plt
 
     from ..figures import finish_side_by_side
-    from .serving_figures import spread_errorbar
+    from .serving_attention import spread_errorbar
 
     p = data["products"]
     rows = [x["rows"] for x in p["points"]]
