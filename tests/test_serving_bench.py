@@ -10,8 +10,8 @@ import torch
 
 import kvlib
 from kvlib.measure import waste
-from kvlib.measure.bench import (serving, serving_figures, serving_profile, serving_report, serving_stats, vllm_env,
-                                  vllm_peer)
+from kvlib.measure.bench import (serving, serving_chunked, serving_figures, serving_profile, serving_report,
+                                  serving_stats, vllm_env, vllm_peer)
 from kvlib.measure.bench.engine_driver import serve
 from kvlib.measure.bench.serving_engines import KvlibEngine, StaticBatcher
 from kvlib.measure.bench.serving_figures import write_serving_figures
@@ -209,3 +209,45 @@ def test_the_committed_results_hold_together():
         assert {name: c["identical"] for name, c in r["same_tokens_as_kvlib"].items()} == \
             {name: n for name in r["engines"] if name != "kvlib"}, workload
     assert set(data["meta"]["parts"]) == set(serving.PARTS) and "vLLM (default)" in serving_report.report(data)
+    a = data["attention"]
+    assert all(max(p["max_abs_diff"].values()) <= a["agree_within"] for p in a["points"])
+    assert data["chunked"]["same_tokens"] and all(x["max_rel_diff"] <= data["products"]["agree_within"]
+                                                  for x in data["products"]["points"])
+
+
+def test_the_parts_that_measure_kvlib_alone_run_small_and_check_what_they_time(tmp_path):
+    """--part attention, chunked and products on a tiny model: structure and agreement, never speed."""
+    case = dict(decoders=3, prompt=5, output=12, long_prompt=30, long_output=3, arrive_after=4, budgets=(13, 40))
+    s = serving.ServingSettings(block_size=4, repeats=1, attention_rows=3, attention_contexts=(3, 17),
+                                kernel_repeats=1, product_rows=(1, 3), chunked_case=case)
+    data = {}
+    for part in serving.KERNEL_PARTS:
+        data = serving.merge(data, part, serving.run_part(part, MODEL, s, None, 1, log=lambda *a: None), MODEL, s)
+    a = data["attention"]
+    assert [p["context"] for p in a["points"]] == [3, 17] and a["n_head"] == 2 and a["head_dim"] == 16
+    assert all(max(p["max_abs_diff"].values()) <= a["agree_within"] for p in a["points"])
+    assert all(set(p["ms"]) == {"gather", "blockwise", "contiguous", "decode_work"} for p in a["points"])
+    c = data["chunked"]
+    assert c["same_tokens"] and set(c["summary"]) == {"chunked", "whole"}
+    # 30 prompt tokens, 13 a step of which 3 go to the decode rows: 3 steps of 10; the whole budget: one step
+    assert [r["window_steps"] for r in (c["runs"]["chunked"][0], c["runs"]["whole"][0])] == [3, 1]
+    p = data["products"]
+    assert p["products"] == 2 * 4 + 1 and [x["rows"] for x in p["points"]] == [1, 3]
+    assert all(x["max_rel_diff"] <= p["agree_within"] for x in p["points"])
+    assert all(m["vllm"] == {"absent": "not used by this part"} for m in data["meta"]["parts"].values())
+    text = serving_report.report(data)
+    assert "block-wise slower than the gather" in text and "longest decode gap" in text and "prepacked" in text
+    json.dumps(data)
+    paths = write_serving_figures(data, tmp_path)
+    assert sorted(p.name for p in paths) == ["07_attention_vs_context.png", "07_chunked_prefill.png",
+                                             "07_serving_products.png"]
+
+
+def test_the_chunked_case_is_checked():
+    case = dict(serving_chunked.CASE)
+    with pytest.raises(ValueError, match="positions"):
+        serving_chunked.check_case(case, 256)
+    with pytest.raises(ValueError, match="budgets"):
+        serving_chunked.check_case(dict(case, budgets=(128, 512)), 1024)
+    with pytest.raises(ValueError, match="keys"):
+        serving_chunked.check_case(dict(case, extra=1), 1024)

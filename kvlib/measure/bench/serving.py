@@ -12,6 +12,9 @@ Parts (each one locked run of a few minutes; they merge into one serving_cpu.jso
   alpaca, sharegpt  offline throughput: all requests at once, engines in turn, repeated, with the spread
   online            Poisson arrivals at several rates: TTFT, TPOT (p50, p99), normalized latency
   profile           where a kvlib engine step's time goes, beside vLLM's; paged vs contiguous attention per layer
+  attention         one layer's decode attention against context: the gather, block-wise (the engine's), contiguous
+  chunked           a long prompt arriving while others decode: their gaps and its TTFT, with and without chunking
+  products          one step's weight products, plain addmm against prepacked, at several row counts
 vLLM runs where a venv with it is named (--vllm-venv DIR or KVLIB_VLLM_VENV); otherwise the bench says why and
 measures the rest. Build one with `python -m kvlib.measure.bench.vllm_env DIR`.
 """
@@ -34,11 +37,16 @@ from ...model.gpt2 import GPT2
 from ...model.loading import random_gpt2
 from ..figures import device_label
 from ..waste import sample_lengths
+from . import serving_chunked
+from .serving_attention import run_attention
+from .serving_chunked import run_chunked
+from .serving_products import run_products
 from .serving_profile import gather_cost
 from .serving_runs import run_offline, run_online, run_profile
 from .vllm_peer import VLLMPeer, find_vllm, save_checkpoint
 
-PARTS = ("alpaca", "sharegpt", "online", "profile")
+PARTS = ("alpaca", "sharegpt", "online", "profile", "attention", "chunked", "products")
+KERNEL_PARTS = ("attention", "chunked", "products")  # kvlib alone: no request set, no vLLM
 TINY_SERVING = dict(n_layer=2, n_head=2, n_embd=128, n_positions=256, vocab_size=512)  # head size 64: vLLM runs it
 
 
@@ -59,9 +67,16 @@ class ServingSettings:
     hf: bool = True
     seed: int = 0
     profile_label: str = "kvlib"  # the profile's name in the JSON ("kvlib_before": the engine before packed rows)
+    attention_rows: int = 16  # --part attention: decode rows, and contexts (tokens per row), log-spaced
+    attention_contexts: tuple = (32, 58, 106, 192, 349, 635, 1155, 2048)
+    kernel_repeats: int = 15  # --part attention and products: interleaved samples per point
+    product_rows: tuple = (1, 3, 8, 16, 32, 48)  # --part products
+    chunked_case: dict = field(default_factory=lambda: dict(serving_chunked.CASE))  # --part chunked
 
 
-QUICK = dict(workloads={"alpaca": 8, "sharegpt": 3}, online_requests=8, rates=(2.0, 8.0), repeats=1, max_output=48)
+QUICK = dict(workloads={"alpaca": 8, "sharegpt": 3}, online_requests=8, rates=(2.0, 8.0), repeats=1, max_output=48,
+             attention_contexts=(32, 192, 1155), kernel_repeats=3, product_rows=(1, 16),
+             chunked_case=dict(serving_chunked.CASE, decoders=4, output=24, long_prompt=200, budgets=(64, 256)))
 
 
 def make_requests(workload: str, n: int, config: GPT2Config, seed: int = 0,
@@ -129,6 +144,17 @@ def run_part(part: str, model: GPT2, s: ServingSettings, venv: str | None, threa
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     start = time.perf_counter()
+    if part in KERNEL_PARTS:
+        log(f"{part}: kvlib alone")
+        if part == "attention":
+            result = run_attention(model.config, s.attention_rows, s.attention_contexts, s.block_size,
+                                   s.kernel_repeats, log)
+        elif part == "chunked":
+            result = run_chunked(model, s.chunked_case, s.block_size, s.repeats, log)
+        else:
+            result = run_products(model, s.product_rows, s.kernel_repeats, log)
+        meta = dict(machine(threads), vllm={"absent": "not used by this part"}, elapsed_s=time.perf_counter() - start)
+        return dict(meta=meta, **result)
     workload = {"online": s.online_workload, "profile": "alpaca"}.get(part, part)
     n = s.online_requests if part == "online" else s.workloads[workload]  # profile: the offline Alpaca-like set
     budget = s.budget_reservations[workload] * model.config.n_positions

@@ -147,7 +147,23 @@ def write_serving_figures(data: dict, out_dir: str | Path, quick: bool = False) 
             fig = make(data)
             paths.append(save_figure(fig, f"07_serving_{name}" + ("_quick" if quick else ""), out_dir))
             plt.close(fig)
+    for name, make in kernel_figures(data).items():
+        fig = make()
+        paths.append(save_figure(fig, name + ("_quick" if quick else ""), out_dir))
+        plt.close(fig)
     return paths
+
+
+def kernel_figures(data: dict) -> dict:
+    """{file name: figure maker} of the parts that measure kvlib alone, those in `data`."""
+    from .serving_attention import attention_figure
+    from .serving_chunked import chunked_figure
+    from .serving_products import products_figure
+
+    makers = {"attention": ("07_attention_vs_context", attention_figure),
+              "chunked": ("07_chunked_prefill", chunked_figure), "products": ("07_serving_products", products_figure)}
+    return {name: (lambda make=make, part=part: make(data, _device(data, part)))
+            for part, (name, make) in makers.items() if part in data}
 
 
 def load_serving(path: str | Path) -> dict:

@@ -146,4 +146,15 @@ def report(data: dict) -> str:
             lines.append(f"one layer, batch {g['batch']} x {g['context']} cached tokens: contiguous (write + attend) "
                          f"{g['contiguous_ms']:.3f} ms, paged (write + gather + attend) {g['paged_ms']:.3f} ms "
                          f"({g['paged_over_contiguous']:.1f}x)")
+    lines += kernel_lines(data)
     return "\n".join(lines)
+
+
+def kernel_lines(data: dict) -> list[str]:
+    """The report lines of the parts that measure kvlib alone (attention, chunked, products), those in `data`."""
+    from .serving_attention import attention_lines
+    from .serving_chunked import chunked_lines
+    from .serving_products import products_lines
+
+    makers = (("attention", attention_lines), ("chunked", chunked_lines), ("products", products_lines))
+    return [line for key, make in makers if key in data for line in make(data)]
