@@ -168,7 +168,8 @@ def run_part(part: str, model: GPT2, s: ServingSettings, venv: str | None, threa
             result = run_online(model, requests, budget, s.rates, s, peers, log)
         else:
             result = run_profile(model, requests, budget, s, peers)
-            result[s.profile_label].update(kvlib=kvlib_source(), date=machine(threads)["date"])  # which engine
+            for label in (s.profile_label, "kvlib_compiled"):  # which engine
+                result[label].update(kvlib=kvlib_source(), date=machine(threads)["date"])
             result["gather"] = gather_cost(model.config, batch=16, context=512, block_size=s.block_size, repeats=5)
     meta = dict(machine(threads), vllm=vllm, elapsed_s=time.perf_counter() - start)
     return dict(meta=meta, workload=workload, **result)

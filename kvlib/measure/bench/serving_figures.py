@@ -9,7 +9,8 @@ from pathlib import Path
 from ..figures import plain_log_labels, save_figure
 from .serving_report import ENGINE_NAMES, profiles
 
-COLORS = {"kvlib": "tab:blue", "vllm_default": "tab:green", "vllm_eager": "tab:olive", "static_exact": "tab:gray",
+COLORS = {"kvlib": "tab:blue", "kvlib_compiled": "tab:cyan",
+          "vllm_default": "tab:green", "vllm_eager": "tab:olive", "static_exact": "tab:gray",
           "static_max": "tab:red", "hf_continuous": "tab:orange"}
 
 

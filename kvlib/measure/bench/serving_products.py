@@ -1,7 +1,7 @@
 """`--part products`: the 49 weight products of one GPT-2-small step (per layer: qkv, attention output, MLP in with
 its GELU, MLP out; and the LM head), plain against prepacked, at several row counts (the tokens a step feeds).
 
-Plain is what the readable model runs: `addmm(bias, x, W)` with W (in, out) (kvlib.serving.prepacked.plain_linear),
+Plain is what the readable model runs: `addmm(bias, x, W)` with W (in, out) (kvlib.serving.prepacked.PlainLinear),
 then GELU; the LM head through the model's own `nn.Linear`. Prepacked is the engine's fast path:
 `kvlib.serving.prepacked.PrepackedLinear` (oneDNN's blocked layout, the GELU fused). Both are built from one model's
 weights, exactly as kvlib.serving.packed_forward.PackedGPT2 builds them. Before timing, every product's two outputs
@@ -17,7 +17,7 @@ import statistics
 import torch
 
 from ...model.gpt2 import GPT2
-from ...serving.prepacked import PrepackedLinear, onednn_available, plain_linear
+from ...serving.prepacked import PlainLinear, PrepackedLinear, onednn_available
 from ..speculative import interleaved_seconds
 
 AGREE = 1e-5  # largest |difference| / largest |output|, per product, fp32 sums in another order
@@ -29,7 +29,7 @@ def step_products(model: GPT2) -> dict:
     for b in model.transformer.h:
         for m, act in ((b.attn.c_attn, "none"), (b.attn.c_proj, "none"), (b.mlp.c_fc, "gelu_tanh"),
                        (b.mlp.c_proj, "none")):
-            plain.append(plain_linear(m, act))
+            plain.append(PlainLinear(m, act))
             packed.append(PrepackedLinear(m.weight, m.bias, activation=act))
     plain.append(model.lm_head)
     packed.append(PrepackedLinear(model.lm_head.weight.t(), None))  # (C, V) view of the (V, C) weight

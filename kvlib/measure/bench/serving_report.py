@@ -5,6 +5,7 @@ import statistics
 
 ENGINE_NAMES = {  # JSON key -> what the report and the figures call it
     "kvlib_before": "kvlib LLMEngine (padded rows, gather)", "kvlib": "kvlib LLMEngine",
+    "kvlib_compiled": "kvlib LLMEngine (compiled)",
     "vllm_default": "vLLM (default)", "vllm_eager": "vLLM (eager)",
     "static_exact": "static, prompt + max_new_tokens", "static_max": "static, max length (Orca Max)",
     "hf_continuous": "transformers continuous batching",
@@ -50,6 +51,8 @@ def summary(data: dict) -> dict:
             continuous_over_static=decomposition(e, "kvlib", "static_exact"),
             continuous_over_orca_max=decomposition(e, "kvlib", "static_max"),
             vllm_over_kvlib=decomposition(e, "vllm_default", "kvlib"),
+            compiled_over={k: ratio(e, "kvlib_compiled", k) for k in ("kvlib", "vllm_default", "vllm_eager")
+                           if "kvlib_compiled" in e and k in e},
             refilled_requests=e["kvlib"].get("refilled_requests"),
             identical_requests={k: f"{v['identical']}/{v['requests']}" for k, v in same.items()},
         )
@@ -79,7 +82,13 @@ def offline_lines(data: dict, workload: str) -> list[str]:
     r = data["offline"][workload]
     lines = [f"{len(r['request_lengths'])} {workload}-like requests at once, KV budget {r['budget_tokens']} slots; "
              f"median of {len(r['engines']['kvlib']['runs'])} repeats (min-max):"]
-    return lines + [_line(name, e) for name, e in r["engines"].items()]
+    lines += [_line(name, e) for name, e in r["engines"].items()]
+    for a, b in (("kvlib_compiled", "vllm_default"), ("kvlib", "vllm_eager"), ("kvlib_compiled", "kvlib")):
+        q = ratio(r["engines"], a, b)
+        if q:
+            lines.append(f"  {ENGINE_NAMES[a]} / {ENGINE_NAMES[b]}: {q['median']:.2f}x (repeat by repeat "
+                         f"{q['min']:.2f}-{q['max']:.2f})")
+    return lines
 
 
 def decomposition_lines(data: dict, workload: str) -> list[str]:

@@ -37,6 +37,8 @@ def local_engines(model: GPT2, budget_tokens: int, s) -> dict:
     """Factories of fresh kvlib-side engines at one KV budget (in token slots)."""
     knobs = dict(max_num_seqs=s.max_num_seqs, max_num_batched_tokens=s.max_num_batched_tokens)
     return {"kvlib": lambda: KvlibEngine(model, budget_tokens // s.block_size, s.block_size, **knobs),
+            "kvlib_compiled": lambda: KvlibEngine(model, budget_tokens // s.block_size, s.block_size,
+                                                  enforce_eager=False, **knobs),
             "static_exact": lambda: StaticBatcher(model, budget_tokens, "exact"),
             "static_max": lambda: StaticBatcher(model, budget_tokens, "max")}
 
@@ -59,7 +61,8 @@ def _serve_one(name: str, factories: dict, peers: dict, requests, arrivals=None)
 
 def run_offline(model: GPT2, requests, budget_tokens: int, s, peers: dict, log=print) -> dict:
     factories = local_engines(model, budget_tokens, s)
-    names = ["kvlib", *[n for n in ("vllm_default", "vllm_eager") if n in peers], "static_exact", "static_max"]
+    names = ["kvlib", "kvlib_compiled", *[n for n in ("vllm_default", "vllm_eager") if n in peers], "static_exact",
+             "static_max"]
     _warm_up(names, factories, peers, requests)
     runs = {n: [] for n in names + (["hf_continuous"] if s.hf else [])}
     tokens, counters = {}, {}
@@ -116,10 +119,12 @@ def run_profile(model: GPT2, requests, budget_tokens: int, s, peers: dict) -> di
     """kvlib's engine and vLLM (eager: its ops are torch's and its own, named; compiled code hides them) profiled
     over the same requests, after a warm-up; ms per step in each bucket."""
     factories = local_engines(model, budget_tokens, s)
-    _warm_up(["kvlib"], factories, peers, requests)
-    t = time.perf_counter()
-    out = {s.profile_label: profile_kvlib(factories["kvlib"](), requests)}
-    out[s.profile_label]["profiled_run_s"] = time.perf_counter() - t
+    _warm_up(["kvlib", "kvlib_compiled"], factories, peers, requests)
+    out = {}
+    for label, name in ((s.profile_label, "kvlib"), ("kvlib_compiled", "kvlib_compiled")):
+        t = time.perf_counter()
+        out[label] = profile_kvlib(factories[name](), requests)
+        out[label]["profiled_run_s"] = time.perf_counter() - t
     if "vllm_eager" in peers:
         prof = peers["vllm_eager"].profile(requests)
         out["vllm_eager"] = summarize(prof["profile"], prof["steps"])
