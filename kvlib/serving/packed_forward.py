@@ -17,6 +17,7 @@ V vocabulary.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -87,7 +88,13 @@ class PackedGPT2:
         stale = self.products.refresh_if_stale()
         D = batch.num_decode_rows
         if self.compiled_decode is not None and D == len(batch.query_lens):  # decode rows only: one graph
-            return self.compiled_decode(batch, recompile=stale)
+            try:
+                return self.compiled_decode(batch, recompile=stale)
+            except Exception as e:  # noqa: BLE001 - a compiler failure (no C++ compiler, ...): eager, say why once
+                self.compiled_decode = None
+                warnings.warn(f"kvlib: torch.compile could not build the decode step ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); running it eagerly (same results, "
+                              "slower)", RuntimeWarning, stacklevel=2)
         decode = None  # the decode rows' (row, block) work items, once for every layer
         if D and self.attention == "fast":
             decode = decode_work(batch.block_tables[:D], batch.seq_lens[:D], self.kv_cache.block_size)
