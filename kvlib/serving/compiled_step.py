@@ -14,7 +14,8 @@ Costs and rules:
 - The number of rows, of work items and of blocks per row stay symbolic; the compiler specialises sizes 0 and 1, so
   a step with one row (or one block per row) gets a padding row: one token in a block that no request owns
   (`padding_block`), whose logits are dropped.
-- The weights are frozen in: if they change, the next step compiles again (the engine checks every step).
+- The weights are frozen in: if they change in place, the next step of decode rows compiles again (the engine
+  checks every step).
 
 Proven equal to the eager step, token for token: tests/test_compiled_step.py.
 
@@ -59,13 +60,15 @@ class DecodeGraph(nn.Module):
         return gpt2_layers(self.config, h, self.products, x, attend)  # (R, V)
 
 
-def _compiled_graph(model: GPT2, products: GPT2Products, recompile: bool):
-    """The compiled DecodeGraph of this model's products, built on first use (and again after a weight change)."""
-    compiled = products.__dict__.get("_compiled_decode")
-    if compiled is None or recompile:
+def _compiled_graph(model: GPT2, products: GPT2Products):
+    """The compiled DecodeGraph of this model's products, built on first use and again after the weights changed
+    (whichever engine's step noticed the change: the graph is stamped with the weights' version)."""
+    version, compiled = products.__dict__.get("_compiled_decode", (None, None))
+    if compiled is None or version != products.weights_version:
         graph = DecodeGraph(model.config, model.transformer, products).eval()
         compiled = torch.compile(graph, dynamic=True, fullgraph=True)
-        products.__dict__["_compiled_decode"] = compiled  # not a submodule: kept out of state_dict and modules()
+        # Not a submodule: kept out of state_dict() and modules().
+        products.__dict__["_compiled_decode"] = (products.weights_version, compiled)
     return compiled
 
 
@@ -91,14 +94,14 @@ class CompiledDecodeStep:
             torch._dynamo.mark_static(cache, 2)
             torch._dynamo.mark_static(cache, 3)
 
-    def __call__(self, batch: PackedBatch, *, recompile: bool = False) -> torch.Tensor:
+    def __call__(self, batch: PackedBatch) -> torch.Tensor:
         """A step of decode rows only: writes each row's K/V, returns logits (R, V)."""
         R, kv = batch.num_tokens, self.kv_cache
         input_ids, positions, slot_mapping, seq_lens, block_tables = pad_decode_step(
             batch.input_ids, batch.positions, batch.slot_mapping, batch.seq_lens, batch.block_tables,
             self.padding_block, kv.block_size)
         work = decode_work(block_tables, seq_lens, kv.block_size)
-        graph = _compiled_graph(self.model, self.products, recompile)
+        graph = _compiled_graph(self.model, self.products)
         # No guard on sizes that happen to be equal (duck sizing): one compilation serves every step. Freezing: the
         # weights become constants of the graph (the prepacked products need it). The C++ wrapper: the graph's ~100
         # kernel calls made from generated C++ rather than Python (about a millisecond a step here).

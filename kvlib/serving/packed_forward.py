@@ -85,11 +85,11 @@ class PackedGPT2:
     def __call__(self, batch: PackedBatch) -> torch.Tensor:
         """Write the step's K/V into the pool; return the logits (R_out, V) of the rows that produce a token."""
         h = self.model.transformer
-        stale = self.products.refresh_if_stale()
+        self.products.refresh_if_stale()
         D = batch.num_decode_rows
         if self.compiled_decode is not None and D == len(batch.query_lens):  # decode rows only: one graph
             try:
-                return self.compiled_decode(batch, recompile=stale)
+                return self.compiled_decode(batch)
             except Exception as e:  # noqa: BLE001 - a compiler failure (no C++ compiler, ...): eager, say why once
                 self.compiled_decode = None
                 warnings.warn(f"kvlib: torch.compile could not build the decode step ({type(e).__name__}: "

@@ -94,7 +94,7 @@ class GPT2Products(nn.Module):
             for b in model.transformer.h)
         self._prepacked = [p for p in self.modules() if isinstance(p, PrepackedLinear)]
         self._params = list(model.parameters())  # the model's weights, not the model: see refresh_if_stale
-        self._weights_version = self._version_sum()
+        self.weights_version = self._version_sum()
 
     @classmethod
     def for_model(cls, model: nn.Module, prepack: bool = True) -> "GPT2Products":
@@ -111,9 +111,9 @@ class GPT2Products(nn.Module):
         check, after rebuilding the prepacked copies (a compiled graph that froze the weights must compile again).
         A cheap check, made every step."""
         version = self._version_sum()
-        if version == self._weights_version:
+        if version == self.weights_version:
             return False
         for p in self._prepacked:
             p.refresh()
-        self._weights_version = version
+        self.weights_version = version
         return True
