@@ -172,8 +172,10 @@ def test_a_small_part_without_vllm_writes_only_where_asked(tmp_path, monkeypatch
         data = serving.merge(data, part, serving.run_part(part, tiny, s, None, 1, log=lambda *a: None), tiny, s)
     data["summary"] = serving_report.summary(data)
     e = data["offline"]["alpaca"]["engines"]
-    assert set(e) == {"kvlib", "static_exact", "static_max"} and "absent" in data["meta"]["parts"]["alpaca"]["vllm"]
-    assert data["summary"]["alpaca"]["identical_requests"] == {"static_exact": "4/4", "static_max": "4/4"}
+    assert set(e) == {"kvlib", "kvlib_compiled", "static_exact", "static_max"}
+    assert "absent" in data["meta"]["parts"]["alpaca"]["vllm"]
+    assert data["summary"]["alpaca"]["identical_requests"] == {"kvlib_compiled": "4/4", "static_exact": "4/4",
+                                                               "static_max": "4/4"}
     # every engine is past a cut-off of 0 s/token after its first rate, so none runs at the second
     assert all([r["rate"] for r in rows] == [50.0] for rows in data["online"]["engines"].values())
     assert "kvlib LLMEngine" in serving_report.report(data)

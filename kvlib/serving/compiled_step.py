@@ -5,7 +5,7 @@ Why: run eagerly, a step dispatches some twenty ops per layer from Python, and t
 the attention's small ops each make a pass over memory of their own. Compiled, the whole step is one call: the
 compiler fuses the elementwise work into the loops around it, writes the attention as the loops of
 kvlib.cache.paged.decode_kernel (K/V read in place), and calls the same prepacked oneDNN products, their weights
-frozen into the graph as constants (inductor's `freezing`). The graph is the same `gpt2_layers` the eager path runs.
+frozen into the graph as constants (inductor's `freezing`). The graph is the same `gpt2_layers` (kvlib.serving.packed_layers) the eager step runs.
 
 Costs and rules:
 - Compiling takes tens of seconds, once per model and process (inductor also caches on disk), so kvlib's engine
@@ -33,7 +33,7 @@ from ..cache.paged.decode_kernel import DecodeWork, decode_work, paged_decode_at
 from ..config import GPT2Config
 from ..model.gpt2 import GPT2
 from .input_batch import PackedBatch
-from .packed_forward import gpt2_layers, write_kv
+from .packed_layers import gpt2_layers, write_kv
 from .prepacked import GPT2Products
 
 

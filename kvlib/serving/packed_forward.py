@@ -7,7 +7,7 @@ input_batch), and it reads the earlier tokens' K/V from the block pool where the
 Logits are computed only for the rows that produce a token (each request's last position), and in the last layer
 only those rows go through the MLP: nothing after the last attention mixes rows.
 
-`gpt2_layers` is that stack, written once; `PackedGPT2` runs it eagerly for any step, and, unless enforce_eager,
+`gpt2_layers` (kvlib.serving.packed_layers) is that stack, written once; `PackedGPT2` runs it eagerly for any step, and, unless enforce_eager,
 hands a step of decode rows only to the same stack compiled as one graph (kvlib.serving.compiled_step).
 
 Proven equal to the readable model: tests/test_packed_forward.py (logits within fp32 rounding, greedy tokens equal).
@@ -18,46 +18,16 @@ V vocabulary.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
 
 import torch
-import torch.nn as nn
 
 from ..cache.paged.cache import PagedKVCache
-from ..config import GPT2Config
 from ..cache.paged.decode_kernel import decode_work
 from ..cache.paged.fast_attention import ATTENTION_BACKENDS, paged_attention
 from ..model.gpt2 import GPT2
 from .input_batch import PackedBatch
+from .packed_layers import gpt2_layers, write_kv
 from .prepacked import GPT2Products
-
-# attend(layer, q (T, nh, hs), k, v (T, nkv, hs)) -> (T, nh, hs): writes the layer's new K/V, attends.
-Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def gpt2_layers(cfg: GPT2Config, transformer: nn.Module, products: GPT2Products, x: torch.Tensor, attend: Attend,
-                keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Embedded tokens x (T, C) through every block and the LM head -> logits (T, V), or (len(keep), V) for the rows
-    `keep` (after the last attention nothing mixes rows, so the others are dropped there)."""
-    T, C, nh, nkv, hs = x.shape[0], cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim
-    for i, (block, (qkv_proj, out_proj, fc, fc_proj)) in enumerate(zip(transformer.h, products.layers)):
-        q, k, v = qkv_proj(block.ln_1(x)).split([C, nkv * hs, nkv * hs], dim=-1)  # (T, C), (T, nkv*hs) x2
-        y = attend(i, q.view(T, nh, hs), k.view(T, nkv, hs), v.view(T, nkv, hs)).reshape(T, C)  # heads side by side
-        if keep is not None and i == cfg.n_layer - 1:  # from here on rows do not mix
-            if not len(keep):  # only prompt chunks that are not their last: K/V written, no logits
-                return x.new_empty(0, cfg.vocab_size)
-            x, y = x[keep], y[keep]  # (R_out, C)
-        x = x + out_proj(y)
-        x = x + fc_proj(fc(block.ln_2(x)))
-    return products.lm_head(transformer.ln_f(x))  # (T or R_out, V)
-
-
-def write_kv(key_cache: torch.Tensor, value_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor,
-             v: torch.Tensor) -> None:
-    """Each new token's K and V (T, nkv, hs) into its slot of one layer's pool (N, S, nkv, hs)."""
-    nkv, hs = k.shape[1:]
-    key_cache.view(-1, nkv, hs).index_copy_(0, slot_mapping, k)
-    value_cache.view(-1, nkv, hs).index_copy_(0, slot_mapping, v)
 
 
 class PackedGPT2:
