@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import kvlib
 from kvlib.serving import LLMEngine
+from serving_support import run_engine
 
 CONFIG = kvlib.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=97)
 # float64 for the property test: the compiled and eager sums differ by ~1e-15, so no greedy tie can flip a token.
@@ -36,19 +37,6 @@ def compiled_engine(model, num_blocks, block_size, **knobs):
     return engine
 
 
-def run(engine, requests, arrivals):
-    """Add request i at step arrivals[i]; step until all finish; the generated tokens in request order."""
-    order = sorted(range(len(requests)), key=lambda i: arrivals[i])
-    ids, done, step = {}, {}, 0
-    while order or engine.has_unfinished_requests():
-        while order and arrivals[order[0]] <= step:
-            i = order.pop(0)
-            ids[engine.add_request(list(requests[i][0]), requests[i][1])] = i
-        done.update({ids[o.request_id]: o.token_ids for o in engine.step() if o.finished})
-        step += 1
-    return [done[i] for i in range(len(requests))]
-
-
 request = st.tuples(st.lists(st.integers(0, 96), min_size=1, max_size=14), st.integers(1, 10))
 
 
@@ -59,7 +47,7 @@ def test_compiled_engine_equals_each_request_alone(requests, block_size, spare, 
     arrivals = data.draw(st.lists(st.integers(0, 6), min_size=len(requests), max_size=len(requests)))
     largest = max(-(-(len(p) + n) // block_size) for p, n in requests)
     engine = compiled_engine(MODEL64, largest + spare, block_size, max_num_batched_tokens=budget)
-    assert run(engine, requests, arrivals) == [alone(MODEL64, list(p), n) for p, n in requests]
+    assert run_engine(engine, requests, arrivals) == [alone(MODEL64, list(p), n) for p, n in requests]
     assert engine.model_runner.forward.compiled_decode is not None  # it ran compiled, no fallback
     assert engine.block_manager.num_used_blocks == 0
 

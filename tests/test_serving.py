@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import kvlib
 from kvlib.serving import LLMEngine, SamplingParams
 from kvlib.serving.sampling import top_k_top_p_filter
+from serving_support import run_engine
 
 # float64: batched and single-request logits differ by ~1e-15, so a greedy tie can never flip a token here.
 MODEL = kvlib.random_gpt2(kvlib.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=97),
@@ -24,21 +25,6 @@ def reference(prompt: tuple, max_new_tokens: int, eos_token_id=None) -> list:
     out = kvlib.generate(MODEL, torch.tensor([prompt]), max_new_tokens, eos_token_id=eos_token_id)[0, len(prompt):]
     tokens = out.tolist()
     return tokens[: tokens.index(eos_token_id) + 1] if eos_token_id in tokens else tokens
-
-
-def run_engine(engine, requests, arrivals):
-    """Add request i at step arrivals[i]; step until all finish; return the generated tokens in request order."""
-    order = sorted(range(len(requests)), key=lambda i: arrivals[i])
-    ids, done, step = {}, {}, 0
-    while order or engine.has_unfinished_requests():
-        while order and arrivals[order[0]] <= step:
-            i = order.pop(0)
-            ids[engine.add_request(list(requests[i][0]), requests[i][1])] = i
-        for out in engine.step():
-            done[ids[out.request_id]] = out.token_ids
-        step += 1
-        assert step < 2000, "the engine stopped making progress"
-    return [done[i] for i in range(len(requests))]
 
 
 request = st.tuples(st.booleans(), st.lists(st.integers(0, 96), min_size=0, max_size=14), st.integers(1, 10))

@@ -95,7 +95,8 @@ def compiled_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, valu
         _compiled = torch.compile(_kernel, dynamic=True, fullgraph=True)
     R, W = work.merge_index.shape
     I = work.block.shape[0]
-    args = [query, seq_lens, work.block, work.row, work.first_pos, work.merge_index]
+    # A contiguous query whoever calls: the compiled code guards on strides, and every recompile counts.
+    args = [query.contiguous(), seq_lens, work.block, work.row, work.first_pos, work.merge_index]
     with torch.inference_mode():  # inference tensors whoever calls: the compiled code guards on that too
         if R < 2 or I < 2 or W < 2 or not all(t.is_inference() for t in args):
             args = _pad([t.clone() for t in args], R, I, W) if (R < 2 or I < 2 or W < 2) else [t.clone() for t in args]
