@@ -5,7 +5,8 @@ Why: run eagerly, a step dispatches some twenty ops per layer from Python, and t
 the attention's small ops each make a pass over memory of their own. Compiled, the whole step is one call: the
 compiler fuses the elementwise work into the loops around it, writes the attention as the loops of
 kvlib.cache.paged.decode_kernel (K/V read in place), and calls the same prepacked oneDNN products, their weights
-frozen into the graph as constants (inductor's `freezing`). The graph is the same `gpt2_layers` (kvlib.serving.packed_layers) the eager step runs.
+frozen into the graph as constants (inductor's `freezing`). The graph is the same `gpt2_layers`
+(kvlib.serving.packed_layers) the eager step runs.
 
 Costs and rules:
 - Compiling takes tens of seconds, once per model and process (inductor also caches on disk), so kvlib's engine

@@ -7,8 +7,9 @@ input_batch), and it reads the earlier tokens' K/V from the block pool where the
 Logits are computed only for the rows that produce a token (each request's last position), and in the last layer
 only those rows go through the MLP: nothing after the last attention mixes rows.
 
-`gpt2_layers` (kvlib.serving.packed_layers) is that stack, written once; `PackedGPT2` runs it eagerly for any step, and, unless enforce_eager,
-hands a step of decode rows only to the same stack compiled as one graph (kvlib.serving.compiled_step).
+`gpt2_layers` (kvlib.serving.packed_layers) is that stack, written once; `PackedGPT2` runs it eagerly for any step,
+and, unless enforce_eager, hands a step of decode rows only to the same stack compiled as one graph
+(kvlib.serving.compiled_step).
 
 Proven equal to the readable model: tests/test_packed_forward.py (logits within fp32 rounding, greedy tokens equal).
 

@@ -17,7 +17,7 @@ import statistics
 import torch
 
 from ...model.gpt2 import GPT2
-from ...serving.prepacked import PlainLinear, PrepackedLinear, onednn_available
+from ...serving.prepacked import GPT2Products, onednn_available
 from ..speculative import interleaved_seconds
 
 AGREE = 1e-5  # largest |difference| / largest |output|, per product, fp32 sums in another order
@@ -25,15 +25,9 @@ AGREE = 1e-5  # largest |difference| / largest |output|, per product, fp32 sums 
 
 def step_products(model: GPT2) -> dict:
     """{"plain": [...], "prepacked": [...]}: the step's products in order, each a callable (T, K) -> (T, N)."""
-    plain, packed = [], []
-    for b in model.transformer.h:
-        for m, act in ((b.attn.c_attn, "none"), (b.attn.c_proj, "none"), (b.mlp.c_fc, "gelu_tanh"),
-                       (b.mlp.c_proj, "none")):
-            plain.append(PlainLinear(m, act))
-            packed.append(PrepackedLinear(m.weight, m.bias, activation=act))
-    plain.append(model.lm_head)
-    packed.append(PrepackedLinear(model.lm_head.weight.t(), None))  # (C, V) view of the (V, C) weight
-    return {"plain": plain, "prepacked": packed}
+    def in_order(products: GPT2Products) -> list:
+        return [p for layer in products.layers for p in layer] + [products.lm_head]
+    return {"plain": in_order(GPT2Products(model, prepack=False)), "prepacked": in_order(GPT2Products(model))}
 
 
 def product_inputs(model: GPT2, rows: int, seed: int = 0) -> list[torch.Tensor]:
