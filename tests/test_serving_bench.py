@@ -10,7 +10,7 @@ import torch
 
 import kvlib
 from kvlib.measure import waste
-from kvlib.measure.bench import (serving, serving_chunked, serving_figures, serving_profile, serving_report,
+from kvlib.measure.bench import (serving, serving_chunked, serving_decode, serving_figures, serving_profile, serving_report,
                                   serving_stats, vllm_env, vllm_peer)
 from kvlib.measure.bench.engine_driver import serve
 from kvlib.measure.bench.serving_engines import KvlibEngine, StaticBatcher
@@ -253,3 +253,26 @@ def test_the_chunked_case_is_checked():
         serving_chunked.check_case(dict(case, budgets=(128, 512)), 1024)
     with pytest.raises(ValueError, match="keys"):
         serving_chunked.check_case(dict(case, extra=1), 1024)
+
+
+def test_the_decode_part_times_only_steps_where_every_request_decodes(tmp_path):
+    """--part decode on a tiny model without vLLM: kvlib's compiled engine alone, structure and step selection."""
+    case = dict(rows=(2, 3), prompts=(5, 30), new_tokens=6)
+    s = serving.ServingSettings(block_size=4, repeats=1, decode_case=case)
+    data = serving.merge({}, "decode", serving.run_part("decode", MODEL, s, None, 1, log=lambda *a: None), MODEL, s)
+    d = data["decode"]
+    assert [(p["rows"], p["prompt"]) for p in d["points"]] == [(2, 5), (2, 30), (3, 5), (3, 30)]
+    assert all(set(p["ms"]) == {"kvlib_compiled"} and p["same_tokens"] == {} for p in d["points"])
+    assert d["budget_tokens"] == 3 * 9 * 4 and "absent" in data["meta"]["parts"]["decode"]["vllm"]
+    assert set(d["summary"]) == {"2", "3"} and "kvlib_over_vllm" not in d["summary"]["2"]
+    assert "decode step against context" in serving_report.report(data)
+    assert [p.name for p in write_serving_figures(data, tmp_path)] == ["07_serving_decode.png"]
+    # steps: prefill, then every request decodes; the first decode step is left out, the rest are timed
+    served = dict(step_end=[1.0, 1.5, 1.6, 1.8, 1.9], step_rows=[0, 2, 2, 2, 1])
+    assert serving_decode.decode_step_ms(served, 2) == pytest.approx(150.0)
+    with pytest.raises(RuntimeError, match="no step"):
+        serving_decode.decode_step_ms(dict(step_end=[1.0], step_rows=[1]), 2)
+    with pytest.raises(ValueError, match="positions"):
+        serving_decode.check_case(dict(case, prompts=(5, 300)), 256)
+    with pytest.raises(ValueError, match="keys"):
+        serving_decode.check_case(dict(case, extra=1), 256)

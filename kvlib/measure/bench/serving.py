@@ -15,6 +15,7 @@ Parts (each one locked run of a few minutes; they merge into one serving_cpu.jso
   attention         one layer's decode attention against context: the gather, block-wise (the engine's), contiguous
   chunked           a long prompt arriving while others decode: their gaps and its TTFT, with and without chunking
   products          one step's weight products, plain addmm against prepacked, at several row counts
+  decode            one decode step against context: kvlib's compiled engine beside vLLM's default
 vLLM runs where a venv with it is named (--vllm-venv DIR or KVLIB_VLLM_VENV); otherwise the bench says why and
 measures the rest. Build one with `python -m kvlib.measure.bench.vllm_env DIR`.
 """
@@ -37,15 +38,16 @@ from ...model.gpt2 import GPT2
 from ...model.loading import random_gpt2
 from ..figures import device_label
 from ..waste import sample_lengths
-from . import serving_chunked
+from . import serving_chunked, serving_decode
 from .serving_attention import run_attention
 from .serving_chunked import run_chunked
+from .serving_decode import run_decode
 from .serving_products import run_products
 from .serving_profile import gather_cost
 from .serving_runs import run_offline, run_online, run_profile
 from .vllm_peer import VLLMPeer, find_vllm, save_checkpoint
 
-PARTS = ("alpaca", "sharegpt", "online", "profile", "attention", "chunked", "products")
+PARTS = ("alpaca", "sharegpt", "online", "profile", "attention", "chunked", "products", "decode")
 KERNEL_PARTS = ("attention", "chunked", "products")  # kvlib alone: no request set, no vLLM
 TINY_SERVING = dict(n_layer=2, n_head=2, n_embd=128, n_positions=256, vocab_size=512)  # head size 64: vLLM runs it
 
@@ -72,11 +74,13 @@ class ServingSettings:
     kernel_repeats: int = 15  # --part attention and products: interleaved samples per point
     product_rows: tuple = (1, 3, 8, 16, 32, 48)  # --part products
     chunked_case: dict = field(default_factory=lambda: dict(serving_chunked.CASE))  # --part chunked
+    decode_case: dict = field(default_factory=lambda: dict(serving_decode.CASE))  # --part decode
 
 
 QUICK = dict(workloads={"alpaca": 8, "sharegpt": 3}, online_requests=8, rates=(2.0, 8.0), repeats=1, max_output=48,
              attention_contexts=(32, 192, 1155), kernel_repeats=3, product_rows=(1, 16),
-             chunked_case=dict(serving_chunked.CASE, decoders=4, output=24, long_prompt=200, budgets=(64, 256)))
+             chunked_case=dict(serving_chunked.CASE, decoders=4, output=24, long_prompt=200, budgets=(64, 256)),
+             decode_case=dict(rows=(2,), prompts=(16, 200), new_tokens=16))
 
 
 def make_requests(workload: str, n: int, config: GPT2Config, seed: int = 0,
@@ -154,6 +158,13 @@ def run_part(part: str, model: GPT2, s: ServingSettings, venv: str | None, threa
         else:
             result = run_products(model, s.product_rows, s.kernel_repeats, log)
         meta = dict(machine(threads), vllm={"absent": "not used by this part"}, elapsed_s=time.perf_counter() - start)
+        return dict(meta=meta, **result)
+    if part == "decode":
+        budget = serving_decode.budget_tokens(s.decode_case, s.block_size)
+        log(f"decode: {s.decode_case}, KV budget {budget} token slots")
+        with vllm_peers(model, budget, s, venv, ("vllm_default",), threads, log) as (peers, vllm):
+            result = run_decode(model, s.decode_case, s, peers, log)
+        meta = dict(machine(threads), vllm=vllm, elapsed_s=time.perf_counter() - start)
         return dict(meta=meta, **result)
     workload = {"online": s.online_workload, "profile": "alpaca"}.get(part, part)
     n = s.online_requests if part == "online" else s.workloads[workload]  # profile: the offline Alpaca-like set

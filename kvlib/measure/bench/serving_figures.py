@@ -136,6 +136,32 @@ def profile_figure(data: dict):
     return fig
 
 
+def decode_figure(data: dict, device: str):
+    """One panel per row count: ms per decode step against mean context, per engine, whiskers min-max of repeats."""
+    import matplotlib.pyplot as plt
+
+    d = data["decode"]
+    rows = sorted({p["rows"] for p in d["points"]})
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.6 * len(rows), 3.6), squeeze=False, sharey=True)
+    for ax, r in zip(axes[0], rows):
+        ps = [p for p in d["points"] if p["rows"] == r]
+        for name in ps[0]["ms"]:
+            x = [p["mean_context"] for p in ps]
+            med = [p["ms"][name]["median"] for p in ps]
+            err = [[m - p["ms"][name]["min"] for m, p in zip(med, ps)],
+                   [p["ms"][name]["max"] - m for m, p in zip(med, ps)]]
+            ax.errorbar(x, med, yerr=err, marker="o", capsize=3, color=COLORS[name], label=ENGINE_NAMES[name])
+        ax.set_xlabel("tokens in each request's cache (mean over its decode)")
+        ax.set_title(f"{r} requests decoding", fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("ms per decode step (median)")
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"One decode step against context, GPT-2-small shapes, fp32 ({device})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def write_serving_figures(data: dict, out_dir: str | Path, quick: bool = False) -> list[Path]:
     """Every figure whose part is in `data`, saved as 07_serving_<name>[_quick].png in out_dir."""
     import matplotlib.pyplot as plt
@@ -148,6 +174,10 @@ def write_serving_figures(data: dict, out_dir: str | Path, quick: bool = False) 
             fig = make(data)
             paths.append(save_figure(fig, f"07_serving_{name}" + ("_quick" if quick else ""), out_dir))
             plt.close(fig)
+    if "decode" in data:
+        fig = decode_figure(data, _device(data, "decode"))
+        paths.append(save_figure(fig, "07_serving_decode" + ("_quick" if quick else ""), out_dir))
+        plt.close(fig)
     for name, make in kernel_figures(data).items():
         fig = make()
         paths.append(save_figure(fig, name + ("_quick" if quick else ""), out_dir))

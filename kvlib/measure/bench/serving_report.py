@@ -140,6 +140,20 @@ def profile_lines(data: dict) -> list[str]:
     return lines
 
 
+def decode_lines(data: dict) -> list[str]:
+    d = data["decode"]
+    lines = [f"decode step against context ({d['case']['new_tokens']} new tokens per request, median of "
+             f"{d['repeats']} runs):"]
+    for r, row in d["summary"].items():
+        for n in row["shortest_ms"]:
+            lines.append(f"  {r} rows, {n}: {row['shortest_ms'][n]:.1f} ms at {row['prompts'][0]}-token prompts, "
+                         f"+{row['growth_ms'][n]:.1f} ms at {row['prompts'][-1]}")
+        if "kvlib_over_vllm" in row:
+            lines.append(f"  {r} rows, kvlib's step over vLLM's: " + ", ".join(
+                f"{x:.2f}x at {p}" for x, p in zip(row["kvlib_over_vllm"], row["prompts"])))
+    return lines
+
+
 def report(data: dict) -> str:
     lines = machine_lines(data)
     for workload in data.get("offline", {}):
@@ -155,6 +169,8 @@ def report(data: dict) -> str:
             lines.append(f"one layer, batch {g['batch']} x {g['context']} cached tokens: contiguous (write + attend) "
                          f"{g['contiguous_ms']:.3f} ms, paged (write + gather + attend) {g['paged_ms']:.3f} ms "
                          f"({g['paged_over_contiguous']:.1f}x)")
+    if "decode" in data:
+        lines += decode_lines(data)
     lines += kernel_lines(data)
     return "\n".join(lines)
 
