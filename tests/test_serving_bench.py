@@ -215,6 +215,7 @@ def test_the_committed_results_hold_together():
     assert all(max(p["max_abs_diff"].values()) <= a["agree_within"] for p in a["points"])
     assert data["chunked"]["same_tokens"] and all(x["max_rel_diff"] <= data["products"]["agree_within"]
                                                   for x in data["products"]["points"])
+    assert all(p["same_tokens"] == {"vllm_default": p["rows"]} for p in data["decode"]["points"])
 
 
 def test_the_parts_that_measure_kvlib_alone_run_small_and_check_what_they_time(tmp_path):

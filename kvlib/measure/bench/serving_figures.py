@@ -142,7 +142,7 @@ def decode_figure(data: dict, device: str):
 
     d = data["decode"]
     rows = sorted({p["rows"] for p in d["points"]})
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.6 * len(rows), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.6 * len(rows), 3.6), squeeze=False)
     for ax, r in zip(axes[0], rows):
         ps = [p for p in d["points"] if p["rows"] == r]
         for name in ps[0]["ms"]:

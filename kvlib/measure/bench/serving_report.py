@@ -146,8 +146,8 @@ def decode_lines(data: dict) -> list[str]:
              f"{d['repeats']} runs):"]
     for r, row in d["summary"].items():
         for n in row["shortest_ms"]:
-            lines.append(f"  {r} rows, {n}: {row['shortest_ms'][n]:.1f} ms at {row['prompts'][0]}-token prompts, "
-                         f"+{row['growth_ms'][n]:.1f} ms at {row['prompts'][-1]}")
+            lines.append(f"  {r} rows, {ENGINE_NAMES[n]}: {row['shortest_ms'][n]:.1f} ms at {row['prompts'][0]}-token "
+                         f"prompts, +{row['growth_ms'][n]:.1f} ms at {row['prompts'][-1]}")
         if "kvlib_over_vllm" in row:
             lines.append(f"  {r} rows, kvlib's step over vLLM's: " + ", ".join(
                 f"{x:.2f}x at {p}" for x, p in zip(row["kvlib_over_vllm"], row["prompts"])))
