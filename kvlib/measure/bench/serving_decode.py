@@ -7,8 +7,8 @@ prefill steps and the first decode step left out). A decode step's weight produc
 (one token per row); what grows with the context is attention, which reads every cached key and value of every
 row. So the growth of an engine's step from the shortest prompt to the longest is its attention's cost at those
 extra keys, and the step at the shortest prompt is everything else. The engines alternate, the order flipped every
-repeat, after one untimed run each of the smallest and the largest case (compiling, allocating); every engine's
-tokens are compared with kvlib's.
+repeat, after one untimed run each of the smallest and the largest case, cut to 16 new tokens (compiling,
+allocating: serving_runs' warm-up); every engine's tokens are compared with kvlib's.
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import random
 import statistics
 
 from ...model.gpt2 import GPT2
-from .engine_driver import serve
-from .serving_engines import KvlibEngine
+from .serving_runs import _serve_one, _warm_up, local_engines
 from .serving_stats import compare_tokens, spread
 
 CASE = dict(rows=(2, 8), prompts=(16, 240, 720), new_tokens=48)
@@ -57,21 +56,17 @@ def decode_step_ms(served: dict, rows: int) -> float:
 def run_decode(model: GPT2, case: dict, s, peers: dict, log=print) -> dict:
     check_case(case, model.config.n_positions)
     budget = budget_tokens(case, s.block_size)
-    knobs = dict(max_num_seqs=s.max_num_seqs, max_num_batched_tokens=s.max_num_batched_tokens, enforce_eager=False)
-    engines = {"kvlib_compiled": lambda rs: serve(KvlibEngine(model, budget // s.block_size, s.block_size, **knobs),
-                                                  rs)}
-    engines.update({name: peer.serve for name, peer in peers.items()})
+    factories, names = local_engines(model, budget, s), ["kvlib_compiled", *peers]
     cases = [(r, p) for r in case["rows"] for p in case["prompts"]]
     make = lambda r, p: decode_requests(r, p, case["new_tokens"], model.config.vocab_size, s.seed)  # noqa: E731
-    for name, run in engines.items():  # untimed: compile, allocate
-        for r, p in (cases[0], cases[-1]):
-            run(make(r, p))
+    for r, p in (cases[0], cases[-1]):  # untimed: compile, allocate
+        _warm_up(names, factories, peers, make(r, p))
     points = []
     for r, p in cases:
-        requests, ms, tokens = make(r, p), {name: [] for name in engines}, {}
+        requests, ms, tokens = make(r, p), {name: [] for name in names}, {}
         for rep in range(s.repeats):
-            for name in (list(engines) if rep % 2 == 0 else list(engines)[::-1]):
-                served = engines[name](requests)
+            for name in (names if rep % 2 == 0 else names[::-1]):
+                served, _ = _serve_one(name, factories, peers, requests)
                 ms[name].append(decode_step_ms(served, r))
                 tokens.setdefault(name, served["tokens"])
         same = {name: compare_tokens(model, requests, tokens["kvlib_compiled"], t)["identical"]

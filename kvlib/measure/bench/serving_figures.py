@@ -140,17 +140,16 @@ def decode_figure(data: dict, device: str):
     """One panel per row count: ms per decode step against mean context, per engine, whiskers min-max of repeats."""
     import matplotlib.pyplot as plt
 
+    from .serving_attention import spread_errorbar
+
     d = data["decode"]
     rows = sorted({p["rows"] for p in d["points"]})
     fig, axes = plt.subplots(1, len(rows), figsize=(4.6 * len(rows), 3.6), squeeze=False)
     for ax, r in zip(axes[0], rows):
         ps = [p for p in d["points"] if p["rows"] == r]
         for name in ps[0]["ms"]:
-            x = [p["mean_context"] for p in ps]
-            med = [p["ms"][name]["median"] for p in ps]
-            err = [[m - p["ms"][name]["min"] for m, p in zip(med, ps)],
-                   [p["ms"][name]["max"] - m for m, p in zip(med, ps)]]
-            ax.errorbar(x, med, yerr=err, marker="o", capsize=3, color=COLORS[name], label=ENGINE_NAMES[name])
+            spread_errorbar(ax, [p["mean_context"] for p in ps], [p["ms"][name] for p in ps], color=COLORS[name],
+                            label=ENGINE_NAMES[name])
         ax.set_xlabel("tokens in each request's cache (mean over its decode)")
         ax.set_title(f"{r} requests decoding", fontsize=9)
         ax.set_ylim(bottom=0)
