@@ -58,10 +58,9 @@ def held_keys(cache, layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(cache, kvlib.QuantizedKVCache):
         return cache.dequantized(layer)[0], torch.arange(n)
     if isinstance(cache, PagedKVCache):
-        pool = cache.key_cache[layer].flatten(0, 1)  # (N * S, nkv, hs)
-        slots = torch.tensor([[t[i // cache.block_size] * cache.block_size + i % cache.block_size for i in range(n)]
-                              for t in cache.block_tables]).view(-1, n)  # (B, n)
-        return pool[slots].transpose(1, 2), torch.arange(n)  # (B, nkv, n, hs)
+        pool, S = cache.key_cache[layer], cache.block_size  # (N, nkv, S, hs)
+        blocks = torch.tensor([[t[i // S] for i in range(n)] for t in cache.block_tables]).view(-1, n)  # (B, n)
+        return pool[blocks, :, torch.arange(n) % S].transpose(1, 2), torch.arange(n)  # (B, nkv, n, hs)
     return cache.key_cache[layer][:, :, :n], torch.arange(n)
 
 

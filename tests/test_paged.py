@@ -145,8 +145,21 @@ def test_paged_cache_sizes_must_be_positive(tiny_config):
 
 def test_pool_layout_holds_n_kv_head_heads(tiny_config):
     cache = PagedKVCache(tiny_config, num_blocks=5, block_size=3)
-    assert cache.key_cache[0].shape == (5, 3, tiny_config.n_kv_head, tiny_config.head_dim)  # (N, S, nkv, hs)
+    assert cache.key_cache[0].shape == (5, tiny_config.n_kv_head, 3, tiny_config.head_dim)  # (N, nkv, S, hs)
     assert cache.nbytes_allocated == 2 * tiny_config.n_layer * 5 * 3 * tiny_config.n_embd * 4
+
+
+def test_a_slot_is_a_block_and_an_offset_in_every_head():
+    """Slot b * S + o: block b, offset o, the same offset in each head's run (the head-major layout)."""
+    from kvlib.cache.paged.layout import read_slots, write_slots
+    N, nkv, S, hs = 4, 3, 5, 2
+    pool = torch.zeros(N, nkv, S, hs)
+    slots = torch.tensor([17, 3, 9])  # block 3 offset 2, block 0 offset 3, block 1 offset 4
+    states = torch.arange(3 * nkv * hs, dtype=torch.float32).view(3, nkv, hs)
+    write_slots(pool, slots, states)
+    assert torch.equal(pool[3, :, 2], states[0]) and torch.equal(pool[0, :, 3], states[1])
+    assert torch.equal(pool[1, :, 4], states[2]) and int((pool != 0).sum()) == 3 * nkv * hs - 1  # states has one 0
+    assert torch.equal(read_slots(pool, slots.view(1, 3)), states[None])  # (*slots.shape, nkv, hs)
 
 
 @pytest.mark.parametrize("batch", [1, 3])

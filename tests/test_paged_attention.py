@@ -34,8 +34,8 @@ def make_step(block_size, rows, nkv=2, groups=2, hs=8, seed=0):
     tables = torch.zeros(len(rows), W, dtype=torch.long)
     for r, n in enumerate(need):
         tables[r, :n] = torch.tensor(perm[sum(need[:r]):sum(need[:r + 1])])
-    kc = torch.randn(N, block_size, nkv, hs, generator=g, dtype=torch.float64)
-    vc = torch.randn(N, block_size, nkv, hs, generator=g, dtype=torch.float64)
+    kc = torch.randn(N, nkv, block_size, hs, generator=g, dtype=torch.float64)  # (N, nkv, S, hs): head-major blocks
+    vc = torch.randn(N, nkv, block_size, hs, generator=g, dtype=torch.float64)
     q_lens = torch.tensor([q for _, q in rows])
     query = torch.randn(int(q_lens.sum()), nkv * groups, hs, generator=g, dtype=torch.float64)
     seq_lens = torch.tensor([c + q for c, q in rows])
@@ -45,14 +45,14 @@ def make_step(block_size, rows, nkv=2, groups=2, hs=8, seed=0):
 
 def dense_reference(query, kc, vc, tables, seq_lens, starts):
     """Each row alone: its keys listed slot by slot, PyTorch's SDPA with the offset causal mask."""
-    S, nkv, hs = kc.shape[1:]
+    nkv, S, hs = kc.shape[1:]
     nh = query.shape[1]
     outs = []
     for r in range(len(seq_lens)):
         L, a, b = int(seq_lens[r]), int(starts[r]), int(starts[r + 1])
-        slots = [int(tables[r, p // S]) * S + p % S for p in range(L)]
-        k = kc.view(-1, nkv, hs)[slots].repeat_interleave(nh // nkv, 1).transpose(0, 1)  # (nh, L, hs)
-        v = vc.view(-1, nkv, hs)[slots].repeat_interleave(nh // nkv, 1).transpose(0, 1)
+        k = torch.stack([kc[int(tables[r, p // S]), :, p % S] for p in range(L)])  # (L, nkv, hs), token by token
+        v = torch.stack([vc[int(tables[r, p // S]), :, p % S] for p in range(L)])
+        k, v = (t.repeat_interleave(nh // nkv, 1).transpose(0, 1) for t in (k, v))  # (nh, L, hs)
         mask = torch.arange(L)[None] <= torch.arange(L - (b - a), L)[:, None]  # (q, L)
         outs.append(F.scaled_dot_product_attention(query[a:b].transpose(0, 1), k, v, attn_mask=mask).transpose(0, 1))
     return torch.cat(outs)
@@ -81,7 +81,8 @@ def test_every_path_equals_the_dense_reference(block_size, rows, heads, per_spli
     for r in order:
         c, q = rows[r]
         new_slots += [int(tables[r, p // block_size]) * block_size + p % block_size for p in range(c, c + q)]
-    key, value = kc.view(-1, nkv, kc.shape[-1])[new_slots], vc.view(-1, nkv, vc.shape[-1])[new_slots]
+    new_slots = torch.tensor(new_slots)
+    key, value = kc[new_slots // block_size, :, new_slots % block_size], vc[new_slots // block_size, :, new_slots % block_size]
     ql = [q_lens[r] for r in order]
     with torch.inference_mode():
         fast = paged_attention(packed, key, value, kc, vc, tables[order], seq_lens[order],
@@ -112,8 +113,7 @@ def test_log_sum_exp_is_the_natural_one_of_the_scores():
     row = torch.repeat_interleave(torch.arange(2), starts[1:] - starts[:-1])
     for t in range(len(query)):
         r, L = int(row[t]), int(pos[t]) + 1
-        slots = [int(tables[r, p // 4]) * 4 + p % 4 for p in range(L)]
-        k = kc.view(-1, 2, 8)[slots].repeat_interleave(2, 1)  # (L, nh, hs)
+        k = torch.stack([kc[int(tables[r, p // 4]), :, p % 4] for p in range(L)]).repeat_interleave(2, 1)  # (L, nh, hs)
         scores = torch.einsum("hd,lhd->hl", query[t], k) / math.sqrt(8)
         torch.testing.assert_close(lse[t], torch.logsumexp(scores, dim=-1), **TOL)
 

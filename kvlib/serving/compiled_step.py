@@ -91,8 +91,8 @@ class CompiledDecodeStep:
 
     def __init__(self, model: GPT2, products: GPT2Products, kv_cache: PagedKVCache, padding_block: int) -> None:
         self.model, self.products, self.kv_cache, self.padding_block = model, products, kv_cache, padding_block
-        for cache in (*kv_cache.key_cache, *kv_cache.value_cache):  # (N, S, nkv, hs): heads, head size compiled in
-            torch._dynamo.mark_static(cache, 2)
+        for cache in (*kv_cache.key_cache, *kv_cache.value_cache):  # (N, nkv, S, hs): heads, head size compiled in
+            torch._dynamo.mark_static(cache, 1)
             torch._dynamo.mark_static(cache, 3)
 
     def __call__(self, batch: PackedBatch) -> torch.Tensor:

@@ -71,7 +71,7 @@ class PackedGPT2:
             decode = decode_work(batch.block_tables[:D], batch.seq_lens[:D], self.kv_cache.block_size)
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            key_cache, value_cache = self.kv_cache.key_cache[i], self.kv_cache.value_cache[i]  # (N, S, nkv, hs)
+            key_cache, value_cache = self.kv_cache.key_cache[i], self.kv_cache.value_cache[i]  # (N, nkv, S, hs)
             write_kv(key_cache, value_cache, batch.slot_mapping, k, v)
             return paged_attention(q, k, v, key_cache, value_cache,
                                    batch.block_tables, batch.seq_lens, batch.query_start_loc,

@@ -3,7 +3,7 @@
 attends, which the caller passes in.
 
 Shapes: T tokens, C channels, nh heads, nkv K/V heads, hs head size, R_out rows kept, V vocabulary, N blocks of S
-slots.
+slots (the pool: (N, nkv, S, hs), kvlib.cache.paged.layout).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..cache.paged.layout import write_slots
 from ..config import GPT2Config
 from .prepacked import GPT2Products
 
@@ -38,7 +39,6 @@ def gpt2_layers(cfg: GPT2Config, transformer: nn.Module, products: GPT2Products,
 
 def write_kv(key_cache: torch.Tensor, value_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor,
              v: torch.Tensor) -> None:
-    """Each new token's K and V (T, nkv, hs) into its slot of one layer's pool (N, S, nkv, hs)."""
-    nkv, hs = k.shape[1:]
-    key_cache.view(-1, nkv, hs).index_copy_(0, slot_mapping, k)
-    value_cache.view(-1, nkv, hs).index_copy_(0, slot_mapping, v)
+    """Each new token's K and V (T, nkv, hs) into its slot of one layer's pool (N, nkv, S, hs)."""
+    write_slots(key_cache, slot_mapping, k)
+    write_slots(value_cache, slot_mapping, v)

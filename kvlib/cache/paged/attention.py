@@ -3,7 +3,8 @@ online softmax over one block at a time, and block ranges merged by their log-su
 
 Shapes: T query tokens of every row packed end to end (varlen), R rows (requests), nh query heads, nkv K/V heads,
 g = nh // nkv query heads per K/V head, hs head size, N blocks of S slots in the pool, W blocks per row in the block
-table (padded), Tq the most query tokens any row has. One layer's pool: key_cache, value_cache (N, S, nkv, hs).
+table (padded), Tq the most query tokens any row has. One layer's pool: key_cache, value_cache (N, nkv, S, hs),
+each block head by head (kvlib.cache.paged.layout).
 
 Row r has seq_lens[r] tokens in the pool (its cached ones and the query tokens, whose K/V were just written) and
 q_len = query_start_loc[r + 1] - query_start_loc[r] query tokens, the last q_len of them: query i of the row is at
@@ -20,6 +21,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .layout import read_slots
 
 NEG_INF = float("-inf")
 
@@ -47,10 +50,10 @@ def pad_queries(query: torch.Tensor, query_start_loc: torch.Tensor) -> tuple[tor
 def check_paged_inputs(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc) -> None:
     if query.dim() != 3 or key_cache.dim() != 4 or key_cache.shape != value_cache.shape:
         raise ValueError("query must be (tokens, heads, head_dim) and key_cache, value_cache both "
-                         "(num_blocks, block_size, kv_heads, head_dim)")
-    if query.shape[-1] != key_cache.shape[-1] or query.shape[1] % key_cache.shape[2]:
+                         "(num_blocks, kv_heads, block_size, head_dim)")
+    if query.shape[-1] != key_cache.shape[-1] or query.shape[1] % key_cache.shape[1]:
         raise ValueError(f"query heads {tuple(query.shape[1:])} do not fit the pool's (kv_heads, head_dim) "
-                         f"{tuple(key_cache.shape[2:])}: heads must be a multiple of kv_heads")
+                         f"{(key_cache.shape[1], key_cache.shape[3])}: heads must be a multiple of kv_heads")
     R = len(seq_lens)
     if block_tables.dim() != 2 or block_tables.shape[0] != R or query_start_loc.shape != (R + 1,):
         raise ValueError(f"block_tables must be (rows, width) and query_start_loc (rows + 1,) for {R} rows")
@@ -64,13 +67,13 @@ def gather_paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_c
     """The gather path, the reference: copy each row's K/V out of the pool into a (R, T_k, nkv, hs) tensor padded to
     the longest row, then one masked softmax. Returns out (T, nh, hs) and its log-sum-exp (T, nh)."""
     check_paged_inputs(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc)
-    N, S, nkv, hs = key_cache.shape
+    N, nkv, S, hs = key_cache.shape
     scale = 1.0 / math.sqrt(hs) if scale is None else scale
     T_k = int(seq_lens.max())
     key_pos = torch.arange(T_k, device=query.device)  # (T_k,)
     slots = block_tables[:, key_pos // S] * S + key_pos % S  # (R, T_k): where each row's token lives in the pool
-    keys = key_cache.view(N * S, nkv, hs)[slots]  # (R, T_k, nkv, hs): the copy
-    values = value_cache.view(N * S, nkv, hs)[slots]
+    keys = read_slots(key_cache, slots)  # (R, T_k, nkv, hs): the copy
+    values = read_slots(value_cache, slots)
     q, index = pad_queries(query, query_start_loc)  # (R, Tq, nh, hs)
     R, Tq, nh, _ = q.shape
     q = q.view(R, Tq, nkv, nh // nkv, hs)  # (R, Tq, nkv, g, hs)
@@ -111,7 +114,7 @@ def online_softmax_paged_attention(query: torch.Tensor, key_cache: torch.Tensor,
     by default), one online-softmax update per block, every row at once. Returns out (T, nh, hs), lse (T, nh);
     a query that saw no key in the range gets out 0, lse -inf."""
     check_paged_inputs(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc)
-    N, S, nkv, hs = key_cache.shape
+    N, nkv, S, hs = key_cache.shape
     scale = 1.0 / math.sqrt(hs) if scale is None else scale
     last_block = block_tables.shape[1] if last_block is None else min(last_block, block_tables.shape[1])
     q, index = pad_queries(query, query_start_loc)  # (R, Tq, nh, hs)
@@ -125,9 +128,9 @@ def online_softmax_paged_attention(query: torch.Tensor, key_cache: torch.Tensor,
     l = q.new_zeros((R, nkv, nh // nkv, Tq))  # running sum of e^(s - m)
     acc = q.new_zeros((R, nkv, nh // nkv, Tq, hs))  # running unnormalised output
     for j in range(first_block, last_block):
-        k = key_cache[block_tables[:, j]]  # (R, S, nkv, hs): block j of every row, one block each
+        k = key_cache[block_tables[:, j]]  # (R, nkv, S, hs): block j of every row, one block each
         v = value_cache[block_tables[:, j]]
-        s = torch.einsum("rqkgd,rskd->rkgqs", q, k) * scale  # (R, nkv, g, Tq, S)
+        s = torch.einsum("rqkgd,rksd->rkgqs", q, k) * scale  # (R, nkv, g, Tq, S)
         key_pos = j * S + torch.arange(S, device=query.device)  # (S,)
         s = s.masked_fill(key_pos > q_pos, NEG_INF)  # causal, and nothing past the row's length
         m_new = torch.maximum(m, s.amax(dim=-1))
@@ -135,7 +138,7 @@ def online_softmax_paged_attention(query: torch.Tensor, key_cache: torch.Tensor,
         p = torch.exp(s - m_safe[..., None])  # (R, nkv, g, Tq, S)
         alpha = torch.exp(m - m_safe)  # rescales what was summed under the old max
         l = l * alpha + p.sum(dim=-1)
-        acc = acc * alpha[..., None] + torch.einsum("rkgqs,rskd->rkgqd", p, v)
+        acc = acc * alpha[..., None] + torch.einsum("rkgqs,rksd->rkgqd", p, v)
         m = m_new
     out = acc / torch.where(l == 0, 1.0, l)[..., None]  # (R, nkv, g, Tq, hs)
     lse = m + torch.log(l)  # -inf where nothing was seen

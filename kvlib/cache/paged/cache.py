@@ -4,9 +4,9 @@ Shapes: R rows (sequences) in one forward, T_new new tokens per row (rows with f
 T_k keys gathered per row (its cached + new tokens, padded to the longest row), nkv K/V heads, hs head size,
 N num_blocks, S block_size.
 
-Per layer, `key_cache[layer]` and `value_cache[layer]` are (N, S, nkv, hs): token i of a sequence lives at
-slot = block_table[i // S] * S + i % S of the flattened (N * S, nkv, hs) pool. `update` writes the new tokens'
-K/V to their slots, then gathers each row's slots into a (R, nkv, T_k, hs) tensor for attention: the gather is
+Per layer, `key_cache[layer]` and `value_cache[layer]` are (N, nkv, S, hs), each block stored head by head
+(kvlib.cache.paged.layout): token i of a sequence lives in block block_table[i // S] at offset i % S, slot
+block * S + offset. `update` writes the new tokens' K/V to their slots, then gathers each row's slots into a (R, nkv, T_k, hs) tensor for attention: the gather is
 what a paged attention kernel avoids by reading the blocks in place.
 
 Two ways to drive it:
@@ -22,6 +22,7 @@ import torch
 from ...config import GPT2Config
 from ..contiguous import resolve_crop
 from .block_manager import blocks_needed
+from .layout import read_slots, write_slots
 
 
 class PagedKVCache:
@@ -35,7 +36,7 @@ class PagedKVCache:
             if value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value}")
         self.num_blocks, self.block_size, self.n_layer = num_blocks, block_size, config.n_layer
-        shape = (num_blocks, block_size, config.n_kv_head, config.head_dim)  # (N, S, nkv, hs)
+        shape = (num_blocks, config.n_kv_head, block_size, config.head_dim)  # (N, nkv, S, hs)
         dtype = dtype or torch.get_default_dtype()
         self.key_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.value_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
@@ -104,22 +105,22 @@ class PagedKVCache:
         if not 0 <= layer_idx < self.n_layer:
             raise ValueError(f"layer_idx must be in 0..{self.n_layer - 1}, got {layer_idx}")
         R, nkv, T_new, hs = key_states.shape
-        if (nkv, hs) != tuple(self.key_cache[0].shape[2:]):
-            raise ValueError(f"this PagedKVCache holds (heads, head_dim) = {tuple(self.key_cache[0].shape[2:])}, "
+        held = (self.key_cache[0].shape[1], self.key_cache[0].shape[3])
+        if (nkv, hs) != held:
+            raise ValueError(f"this PagedKVCache holds (heads, head_dim) = {held}, "
                              f"got {(nkv, hs)}")
         if not self._prepared and layer_idx == 0:
             self._prepare_alone(R, T_new)
         if self._gather.shape[0] != R or self._T_new != T_new:
             raise ValueError(f"the prepared step has {self._gather.shape[0]} rows of {self._T_new} new tokens, "
                              f"got states for {R} rows of {T_new}")
-        k_pool = self.key_cache[layer_idx].view(-1, nkv, hs)  # (N*S, nkv, hs)
-        v_pool = self.value_cache[layer_idx].view(-1, nkv, hs)
+        k_pool, v_pool = self.key_cache[layer_idx], self.value_cache[layer_idx]  # (N, nkv, S, hs)
         new_k = key_states.transpose(1, 2).reshape(R * T_new, nkv, hs)[self._write_rows]  # (real tokens, nkv, hs)
         new_v = value_states.transpose(1, 2).reshape(R * T_new, nkv, hs)[self._write_rows]
-        k_pool.index_copy_(0, self._write_slots, new_k.to(k_pool.dtype))
-        v_pool.index_copy_(0, self._write_slots, new_v.to(v_pool.dtype))
-        keys = k_pool[self._gather].transpose(1, 2)  # (R, T_k, nkv, hs) -> (R, nkv, T_k, hs)
-        values = v_pool[self._gather].transpose(1, 2)
+        write_slots(k_pool, self._write_slots, new_k)
+        write_slots(v_pool, self._write_slots, new_v)
+        keys = read_slots(k_pool, self._gather).transpose(1, 2)  # (R, T_k, nkv, hs) -> (R, nkv, T_k, hs)
+        values = read_slots(v_pool, self._gather).transpose(1, 2)
         if self._alone and layer_idx == self.n_layer - 1:  # driving itself: the forward is done, rows grew
             self._length += T_new
             self._prepared = self._alone = False

@@ -9,10 +9,11 @@ finite. Level 2 reads past a row's last item a dummy one with m = -inf, whose we
 
 Read as PyTorch, `key_cache[work.block]` copies the blocks out. Compiled (`compiled_decode_attention`), the
 indexing fuses into the sums that consume it: the generated C++ loops load each key and value from its block in
-the pool, and nothing of the size of the step's K/V is written.
+the pool, and nothing of the size of the step's K/V is written. The pool stores each block head by head
+(kvlib.cache.paged.layout), so the loops of one (item, head) read one contiguous run of S * hs numbers.
 
 Shapes: R decode rows (one query each), nh query heads, nkv K/V heads, g = nh // nkv, hs head size, N blocks of
-S slots, W blocks in the longest row, I work items (the rows' blocks, Σ_r ceil(seq_lens[r] / S)).
+S slots (the pool: (N, nkv, S, hs)), W blocks in the longest row, I work items (the rows' blocks, Σ_r ceil(seq_lens[r] / S)).
 """
 from __future__ import annotations
 
@@ -50,19 +51,19 @@ def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_c
                            seq_lens: torch.Tensor, work: DecodeWork) -> torch.Tensor:
     """One query per row (R, nh, hs) over its seq_lens[r] keys in the pool -> (R, nh, hs)."""
     R, nh, hs = query.shape
-    N, S, nkv, _ = key_cache.shape
+    N, nkv, S, _ = key_cache.shape
     I = work.block.shape[0]
     # Level 1: each item's block.
-    q = query.view(R, nkv, nh // nkv, hs)[work.row][:, None]  # (I, 1, nkv, g, hs)
-    keys = key_cache[work.block][..., None, :]  # (I, S, nkv, 1, hs): read in place once compiled
-    values = value_cache[work.block][..., None, :]
-    s = (q * keys).sum(dim=-1) * (1.0 / math.sqrt(hs))  # (I, S, nkv, g)
+    q = query.view(R, nkv, nh // nkv, hs)[work.row][..., None, :]  # (I, nkv, g, 1, hs)
+    keys = key_cache[work.block][:, :, None]  # (I, nkv, 1, S, hs): read in place once compiled
+    values = value_cache[work.block][:, :, None]
+    s = (q * keys).sum(dim=-1) * (1.0 / math.sqrt(hs))  # (I, nkv, g, S)
     key_pos = work.first_pos[:, None] + torch.arange(S, device=query.device)  # (I, S)
-    s = s.masked_fill((key_pos >= seq_lens[work.row][:, None])[..., None, None], NEG_INF)  # the row's last block
-    m = s.amax(dim=1)  # (I, nkv, g): finite, an item holds >= 1 key of its row
-    p = torch.exp(s - m[:, None])
-    l = p.sum(dim=1)  # (I, nkv, g)
-    o = (p[..., None] * values).sum(dim=1)  # (I, nkv, g, hs)
+    s = s.masked_fill((key_pos >= seq_lens[work.row][:, None])[:, None, None], NEG_INF)  # the row's last block
+    m = s.amax(dim=-1)  # (I, nkv, g): finite, an item holds >= 1 key of its row
+    p = torch.exp(s - m[..., None])
+    l = p.sum(dim=-1)  # (I, nkv, g)
+    o = (p[..., None] * values).sum(dim=-2)  # (I, nkv, g, hs)
     # Level 2: each row merges its items; index I is a dummy item past every row's end (m = -inf: weight 0).
     m = torch.cat([m, m.new_full((1, nkv, nh // nkv), NEG_INF)])
     l = torch.cat([l, l.new_zeros(1, nkv, nh // nkv)])
@@ -101,10 +102,10 @@ def compiled_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, valu
         if R < 2 or I < 2 or W < 2 or not all(t.is_inference() for t in args):
             args = _pad([t.clone() for t in args], R, I, W) if (R < 2 or I < 2 or W < 2) else [t.clone() for t in args]
         query, seq_lens, block, row, first_pos, merge_index = args
-        for t, dims in ((query, (1, 2)), (key_cache, (2, 3)), (value_cache, (2, 3))):
+        for t, dims in ((query, (1, 2)), (key_cache, (1, 3)), (value_cache, (1, 3))):
             for d in dims:
                 torch._dynamo.mark_static(t, d)
-        key = (query.dtype, tuple(query.shape[1:]), tuple(key_cache.shape[2:]), key_cache.is_inference())
+        key = (query.dtype, tuple(query.shape[1:]), (key_cache.shape[1], key_cache.shape[3]), key_cache.is_inference())
         if key in _compiled_for:
             return _compiled(query, key_cache, value_cache, seq_lens, block, row, first_pos, merge_index)[:R]
         # While it compiles: no duck sizing, and room for one compilation per head layout and dtype (the default

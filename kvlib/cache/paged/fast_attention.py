@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ...attention import causal_mask
 from .attention import gather_paged_attention, online_softmax_paged_attention, split_paged_attention
 from .decode_kernel import DecodeWork, decode_work, fast_decode_attention
+from .layout import read_slots
 
 ATTENTION_BACKENDS = ("fast", "online_softmax", "split", "gather")
 
@@ -25,11 +26,11 @@ def gather_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_
     """The eager fallback: one query per row (R, nh, hs); every row's keys copied out into a (R, nkv, T_k, hs)
     tensor padded to the longest row, then PyTorch's fused kernel with a padding mask -> (R, nh, hs)."""
     R, nh, hs = query.shape
-    N, S, nkv, _ = key_cache.shape
+    nkv, S = key_cache.shape[1:3]
     key_pos = torch.arange(int(seq_lens.max()), device=query.device)  # (T_k,)
     slots = block_tables[:, key_pos // S] * S + key_pos % S  # (R, T_k)
-    keys = key_cache.view(N * S, nkv, hs)[slots].transpose(1, 2)  # (R, nkv, T_k, hs): the copy
-    values = value_cache.view(N * S, nkv, hs)[slots].transpose(1, 2)
+    keys = read_slots(key_cache, slots).transpose(1, 2)  # (R, T_k, nkv, hs) -> (R, nkv, T_k, hs): the copy
+    values = read_slots(value_cache, slots).transpose(1, 2)
     mask = (key_pos[None, :] < seq_lens[:, None])[:, None, None]  # (R, 1, 1, T_k)
     out = F.scaled_dot_product_attention(query[:, :, None], keys, values, attn_mask=mask, enable_gqa=nh != nkv)
     return out[:, :, 0]  # (R, nh, hs)
@@ -40,12 +41,12 @@ def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     """One row's n queries (n, nh, hs), its new keys and values (n, nkv, hs) and context_len earlier tokens in the
     pool -> (n, nh, hs). A prompt's first chunk (no context) needs nothing from the pool."""
     n, nh, hs = query.shape
-    S, nkv = key_cache.shape[1], key_cache.shape[2]
+    nkv, S = key_cache.shape[1:3]
     if context_len:
         pos = torch.arange(context_len, device=query.device)
         slots = block_table[pos // S] * S + pos % S  # (context_len,)
-        key = torch.cat([key_cache.view(-1, nkv, hs)[slots], key])  # (context_len + n, nkv, hs)
-        value = torch.cat([value_cache.view(-1, nkv, hs)[slots], value])
+        key = torch.cat([read_slots(key_cache, slots), key])  # (context_len + n, nkv, hs)
+        value = torch.cat([read_slots(value_cache, slots), value])
     q, k, v = query.transpose(0, 1)[None], key.transpose(0, 1)[None], value.transpose(0, 1)[None]  # (1, heads, ., hs)
     # is_causal aligns the triangle top-left: right only when queries and keys start together (no context).
     mask = causal_mask(n, context_len + n, device=query.device) if context_len else None
@@ -73,7 +74,7 @@ def paged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     D = num_decode_rows
     parts = []
     if D:
-        decode = decode_work(block_tables[:D], seq_lens[:D], key_cache.shape[1]) if decode is None else decode
+        decode = decode_work(block_tables[:D], seq_lens[:D], key_cache.shape[2]) if decode is None else decode
         parts.append(fast_decode_attention(query[:D], key_cache, value_cache, seq_lens[:D], decode))
     start = D
     for r in range(D, len(query_lens)):
