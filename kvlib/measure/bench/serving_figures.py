@@ -173,25 +173,23 @@ def write_serving_figures(data: dict, out_dir: str | Path, quick: bool = False) 
             fig = make(data)
             paths.append(save_figure(fig, f"07_serving_{name}" + ("_quick" if quick else ""), out_dir))
             plt.close(fig)
-    if "decode" in data:
-        fig = decode_figure(data, _device(data, "decode"))
-        paths.append(save_figure(fig, "07_serving_decode" + ("_quick" if quick else ""), out_dir))
-        plt.close(fig)
-    for name, make in kernel_figures(data).items():
+    for name, make in dated_figures(data).items():
         fig = make()
         paths.append(save_figure(fig, name + ("_quick" if quick else ""), out_dir))
         plt.close(fig)
     return paths
 
 
-def kernel_figures(data: dict) -> dict:
-    """{file name: figure maker} of the parts that measure kvlib alone, those in `data`."""
+def dated_figures(data: dict) -> dict:
+    """{file name: figure maker} of the parts whose figure names the machine and date it was measured on (those that
+    measure kvlib alone, and the decode part), those in `data`."""
     from .serving_attention import attention_figure
     from .serving_chunked import chunked_figure
     from .serving_products import products_figure
 
     makers = {"attention": ("07_attention_vs_context", attention_figure),
-              "chunked": ("07_chunked_prefill", chunked_figure), "products": ("07_serving_products", products_figure)}
+              "chunked": ("07_chunked_prefill", chunked_figure), "products": ("07_serving_products", products_figure),
+              "decode": ("07_serving_decode", decode_figure)}
     return {name: (lambda make=make, part=part: make(data, _device(data, part)))
             for part, (name, make) in makers.items() if part in data}
 
