@@ -82,7 +82,8 @@ def test_every_path_equals_the_dense_reference(block_size, rows, heads, per_spli
         c, q = rows[r]
         new_slots += [int(tables[r, p // block_size]) * block_size + p % block_size for p in range(c, c + q)]
     new_slots = torch.tensor(new_slots)
-    key, value = kc[new_slots // block_size, :, new_slots % block_size], vc[new_slots // block_size, :, new_slots % block_size]
+    block, offset = new_slots // block_size, new_slots % block_size
+    key, value = kc[block, :, offset], vc[block, :, offset]
     ql = [q_lens[r] for r in order]
     with torch.inference_mode():
         fast = paged_attention(packed, key, value, kc, vc, tables[order], seq_lens[order],

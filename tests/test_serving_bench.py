@@ -10,8 +10,8 @@ import torch
 
 import kvlib
 from kvlib.measure import waste
-from kvlib.measure.bench import (serving, serving_chunked, serving_decode, serving_figures, serving_profile, serving_report,
-                                  serving_stats, vllm_env, vllm_peer)
+from kvlib.measure.bench import (serving, serving_chunked, serving_decode, serving_figures, serving_profile,
+                                  serving_report, serving_stats, vllm_env, vllm_peer)
 from kvlib.measure.bench.engine_driver import serve
 from kvlib.measure.bench.serving_engines import KvlibEngine, StaticBatcher
 from kvlib.measure.bench.serving_figures import write_serving_figures

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .layout import read_slots
+from .layout import read_slots, token_slots
 
 NEG_INF = float("-inf")
 
@@ -71,7 +71,7 @@ def gather_paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_c
     scale = 1.0 / math.sqrt(hs) if scale is None else scale
     T_k = int(seq_lens.max())
     key_pos = torch.arange(T_k, device=query.device)  # (T_k,)
-    slots = block_tables[:, key_pos // S] * S + key_pos % S  # (R, T_k): where each row's token lives in the pool
+    slots = token_slots(block_tables, key_pos, S)  # (R, T_k): where each row's token lives in the pool
     keys = read_slots(key_cache, slots)  # (R, T_k, nkv, hs): the copy
     values = read_slots(value_cache, slots)
     q, index = pad_queries(query, query_start_loc)  # (R, Tq, nh, hs)

@@ -6,8 +6,9 @@ N num_blocks, S block_size.
 
 Per layer, `key_cache[layer]` and `value_cache[layer]` are (N, nkv, S, hs), each block stored head by head
 (kvlib.cache.paged.layout): token i of a sequence lives in block block_table[i // S] at offset i % S, slot
-block * S + offset. `update` writes the new tokens' K/V to their slots, then gathers each row's slots into a (R, nkv, T_k, hs) tensor for attention: the gather is
-what a paged attention kernel avoids by reading the blocks in place.
+block * S + offset. `update` writes the new tokens' K/V to their slots, then gathers each row's slots into a
+(R, nkv, T_k, hs) tensor for attention: the gather is what a paged attention kernel avoids by reading the blocks in
+place.
 
 Two ways to drive it:
 - the serving engine calls `prepare(block_tables, context_lens, query_lens)` before each forward and passes
@@ -22,7 +23,7 @@ import torch
 from ...config import GPT2Config
 from ..contiguous import resolve_crop
 from .block_manager import blocks_needed
-from .layout import read_slots, write_slots
+from .layout import read_slots, token_slots, write_slots
 
 
 class PagedKVCache:
@@ -66,7 +67,7 @@ class PagedKVCache:
                 raise ValueError(f"row {r}: {ctx + q} tokens need {blocks_needed(ctx + q, S)} blocks, table has "
                                  f"{len(table)}")
         tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables])  # (R, width), padded with block 0
-        slots = (tables[:, :, None] * S + torch.arange(S)).view(R, -1)[:, :T_k]  # (R, T_k): slot of token i
+        slots = token_slots(tables, torch.arange(T_k), S)  # (R, T_k): slot of token i
         ctx = torch.tensor(context_lens)[:, None]  # (R, 1)
         pad = T_new - torch.tensor(query_lens)[:, None]  # (R, 1) left padding per row
         j = torch.arange(T_new)[None, :]  # (1, T_new)
@@ -107,8 +108,7 @@ class PagedKVCache:
         R, nkv, T_new, hs = key_states.shape
         held = (self.key_cache[0].shape[1], self.key_cache[0].shape[3])
         if (nkv, hs) != held:
-            raise ValueError(f"this PagedKVCache holds (heads, head_dim) = {held}, "
-                             f"got {(nkv, hs)}")
+            raise ValueError(f"this PagedKVCache holds (heads, head_dim) = {held}, got {(nkv, hs)}")
         if not self._prepared and layer_idx == 0:
             self._prepare_alone(R, T_new)
         if self._gather.shape[0] != R or self._T_new != T_new:

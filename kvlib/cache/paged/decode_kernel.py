@@ -13,7 +13,8 @@ the pool, and nothing of the size of the step's K/V is written. The pool stores 
 (kvlib.cache.paged.layout), so the loops of one (item, head) read one contiguous run of S * hs numbers.
 
 Shapes: R decode rows (one query each), nh query heads, nkv K/V heads, g = nh // nkv, hs head size, N blocks of
-S slots (the pool: (N, nkv, S, hs)), W blocks in the longest row, I work items (the rows' blocks, Σ_r ceil(seq_lens[r] / S)).
+S slots (the pool: (N, nkv, S, hs)), W blocks in the longest row, I work items (the rows' blocks,
+Σ_r ceil(seq_lens[r] / S)).
 """
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ def compiled_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, valu
         for t, dims in ((query, (1, 2)), (key_cache, (1, 3)), (value_cache, (1, 3))):
             for d in dims:
                 torch._dynamo.mark_static(t, d)
-        key = (query.dtype, tuple(query.shape[1:]), (key_cache.shape[1], key_cache.shape[3]), key_cache.is_inference())
+        key = (query.dtype, tuple(query.shape[1:]), (key_cache.shape[1], key_cache.shape[3]),
+               key_cache.is_inference())
         if key in _compiled_for:
             return _compiled(query, key_cache, value_cache, seq_lens, block, row, first_pos, merge_index)[:R]
         # While it compiles: no duck sizing, and room for one compilation per head layout and dtype (the default

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ...attention import causal_mask
 from .attention import gather_paged_attention, online_softmax_paged_attention, split_paged_attention
 from .decode_kernel import DecodeWork, decode_work, fast_decode_attention
-from .layout import read_slots
+from .layout import read_slots, token_slots
 
 ATTENTION_BACKENDS = ("fast", "online_softmax", "split", "gather")
 
@@ -28,7 +28,7 @@ def gather_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_
     R, nh, hs = query.shape
     nkv, S = key_cache.shape[1:3]
     key_pos = torch.arange(int(seq_lens.max()), device=query.device)  # (T_k,)
-    slots = block_tables[:, key_pos // S] * S + key_pos % S  # (R, T_k)
+    slots = token_slots(block_tables, key_pos, S)  # (R, T_k)
     keys = read_slots(key_cache, slots).transpose(1, 2)  # (R, T_k, nkv, hs) -> (R, nkv, T_k, hs): the copy
     values = read_slots(value_cache, slots).transpose(1, 2)
     mask = (key_pos[None, :] < seq_lens[:, None])[:, None, None]  # (R, 1, 1, T_k)
@@ -44,7 +44,7 @@ def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     nkv, S = key_cache.shape[1:3]
     if context_len:
         pos = torch.arange(context_len, device=query.device)
-        slots = block_table[pos // S] * S + pos % S  # (context_len,)
+        slots = token_slots(block_table, pos, S)  # (context_len,)
         key = torch.cat([read_slots(key_cache, slots), key])  # (context_len + n, nkv, hs)
         value = torch.cat([read_slots(value_cache, slots), value])
     q, k, v = query.transpose(0, 1)[None], key.transpose(0, 1)[None], value.transpose(0, 1)[None]  # (1, heads, ., hs)

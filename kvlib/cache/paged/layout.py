@@ -17,6 +17,12 @@ from __future__ import annotations
 import torch
 
 
+def token_slots(block_tables: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
+    """The slot of each token position through a block table: (W,) or (R, W) tables, (T,) positions -> (T,) or
+    (R, T) slots, block_tables[..., i // S] * S + i % S."""
+    return block_tables[..., positions // block_size] * block_size + positions % block_size
+
+
 def read_slots(pool: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """The K (or V) at `slots` (any shape) of one layer's pool (N, nkv, S, hs) -> (*slots.shape, nkv, hs): a copy."""
     S = pool.shape[2]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ...cache.paged.decode_kernel import decode_work, fast_decode_attention
 from ...cache.paged.fast_attention import gather_decode_attention
-from ...cache.paged.layout import read_slots
+from ...cache.paged.layout import read_slots, token_slots
 from ...config import GPT2Config
 from ..speculative import interleaved_seconds
 
@@ -42,11 +42,12 @@ def attention_inputs(config: GPT2Config, rows: int, context: int, block_size: in
     g = torch.Generator().manual_seed(seed)
     need = -(-context // block_size)  # blocks per row
     query = torch.randn(rows, nh, hs, generator=g)  # (R, nh, hs)
-    key_cache, value_cache = (torch.randn(rows * need, nkv, block_size, hs, generator=g) for _ in range(2))  # (N,nkv,S,hs)
+    key_cache, value_cache = (torch.randn(rows * need, nkv, block_size, hs, generator=g)  # (N, nkv, S, hs)
+                              for _ in range(2))
     block_tables = torch.randperm(rows * need, generator=g).view(rows, need)  # (R, W): scattered blocks
     seq_lens = torch.full((rows,), context)  # (R,)
     pos = torch.arange(context)
-    slots = block_tables[:, pos // block_size] * block_size + pos % block_size  # (R, T)
+    slots = token_slots(block_tables, pos, block_size)  # (R, T)
     k, v = (read_slots(c, slots).transpose(1, 2).contiguous() for c in (key_cache, value_cache))  # (R, nkv, T, hs)
     return dict(query=query, key_cache=key_cache, value_cache=value_cache, block_tables=block_tables,
                 seq_lens=seq_lens, k=k, v=v, block_size=block_size)
