@@ -5,7 +5,8 @@ Level 1, one work item per (row, block) pair that holds keys of the row: the blo
 sum of e^(s - m) l, and the e^(s - m)-weighted values o. Level 2, per row over its items: M = max m_i,
 out = Σ e^(m_i - M) o_i / Σ e^(m_i - M) l_i (the log-sum-exp merge, lse_i = m_i + log l_i, written without the log).
 Items exist only where a row has keys, so no row is padded to the longest one, and no item is empty: every max is
-finite. Level 2 reads past a row's last item a dummy one with m = -inf, whose weight e^(-inf - M) is 0 (M finite).
+finite. Level 2 reads a row's items through merge_index (R, W); past a row's last item it reads item 0 with m set to
+-inf, whose weight e^(-inf - M) is 0 (M, the row's largest m, is finite).
 
 Read as PyTorch, `key_cache[work.block]` copies the blocks out. Compiled (`compiled_decode_attention`), the
 indexing fuses into the sums that consume it: the generated C++ loops load each key and value from its block in
@@ -53,7 +54,6 @@ def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_c
     """One query per row (R, nh, hs) over its seq_lens[r] keys in the pool -> (R, nh, hs)."""
     R, nh, hs = query.shape
     N, nkv, S, _ = key_cache.shape
-    I = work.block.shape[0]
     # Level 1: each item's block.
     q = query.view(R, nkv, nh // nkv, hs)[work.row][..., None, :]  # (I, nkv, g, 1, hs)
     keys = key_cache[work.block][:, :, None]  # (I, nkv, 1, S, hs): read in place once compiled
@@ -65,12 +65,9 @@ def paged_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_c
     p = torch.exp(s - m[..., None])
     l = p.sum(dim=-1)  # (I, nkv, g)
     o = (p[..., None] * values).sum(dim=-2)  # (I, nkv, g, hs)
-    # Level 2: each row merges its items; index I is a dummy item past every row's end (m = -inf: weight 0).
-    m = torch.cat([m, m.new_full((1, nkv, nh // nkv), NEG_INF)])
-    l = torch.cat([l, l.new_zeros(1, nkv, nh // nkv)])
-    o = torch.cat([o, o.new_zeros(1, nkv, nh // nkv, hs)])
-    index = torch.where(work.merge_index < 0, I, work.merge_index)  # (R, W)
-    m_rows = m[index]  # (R, W, nkv, g)
+    # Level 2: each row merges its items; past a row's last item, item 0 stands in with m = -inf (weight 0).
+    index = work.merge_index.clamp(min=0)  # (R, W)
+    m_rows = m[index].masked_fill((work.merge_index < 0)[..., None, None], NEG_INF)  # (R, W, nkv, g)
     weight = torch.exp(m_rows - m_rows.amax(dim=1, keepdim=True))  # e^(m_i - M): M is the row's largest m
     out = (weight[..., None] * o[index]).sum(dim=1) / (weight * l[index]).sum(dim=1)[..., None]  # (R, nkv, g, hs)
     return out.view(R, nh, hs)
