@@ -10,8 +10,8 @@ import torch
 
 import kvlib
 from kvlib.measure import waste
-from kvlib.measure.bench import (serving, serving_chunked, serving_decode, serving_figures, serving_profile,
-                                  serving_report, serving_stats, vllm_env, vllm_peer)
+from kvlib.measure.bench import (serving, serving_attention, serving_chunked, serving_decode, serving_figures,
+                                  serving_profile, serving_report, serving_stats, vllm_env, vllm_peer)
 from kvlib.measure.bench.engine_driver import serve
 from kvlib.measure.bench.serving_engines import KvlibEngine, StaticBatcher
 from kvlib.measure.bench.serving_figures import write_serving_figures
@@ -213,13 +213,15 @@ def test_the_committed_results_hold_together():
     assert set(data["meta"]["parts"]) == set(serving.PARTS) and "vLLM (default)" in serving_report.report(data)
     a = data["attention"]
     assert all(max(p["max_abs_diff"].values()) <= a["agree_within"] for p in a["points"])
+    assert all(p["max_abs_diff"]["vllm"] <= a["agree_within"] for p in a.get("vllm", {}).get("points", []))
     assert data["chunked"]["same_tokens"] and all(x["max_rel_diff"] <= data["products"]["agree_within"]
                                                   for x in data["products"]["points"])
     assert all(p["same_tokens"] == {"vllm_default": p["rows"]} for p in data["decode"]["points"])
 
 
-def test_the_parts_that_measure_kvlib_alone_run_small_and_check_what_they_time(tmp_path):
+def test_the_parts_that_measure_kvlib_alone_run_small_and_check_what_they_time(tmp_path, monkeypatch):
     """--part attention, chunked and products on a tiny model: structure and agreement, never speed."""
+    monkeypatch.delenv(vllm_peer.VENV_ENV, raising=False)
     case = dict(decoders=3, prompt=5, output=12, long_prompt=30, long_output=3, arrive_after=4, budgets=(13, 40))
     s = serving.ServingSettings(block_size=4, repeats=1, attention_rows=3, attention_contexts=(3, 17),
                                 kernel_repeats=1, product_rows=(1, 3), chunked_case=case)
@@ -237,13 +239,35 @@ def test_the_parts_that_measure_kvlib_alone_run_small_and_check_what_they_time(t
     p = data["products"]
     assert p["products"] == 2 * 4 + 1 and [x["rows"] for x in p["points"]] == [1, 3]
     assert all(x["max_rel_diff"] <= p["agree_within"] for x in p["points"])
-    assert all(m["vllm"] == {"absent": "not used by this part"} for m in data["meta"]["parts"].values())
+    parts = data["meta"]["parts"]
+    assert all(parts[p]["vllm"] == {"absent": "not used by this part"} for p in ("chunked", "products"))
+    assert "no vLLM environment named" in parts["attention"]["vllm"]["absent"] and "vllm" not in a
     text = serving_report.report(data)
     assert "block-wise slower than the gather" in text and "longest decode gap" in text and "prepacked" in text
     json.dumps(data)
     paths = write_serving_figures(data, tmp_path)
     assert sorted(p.name for p in paths) == ["07_attention_vs_context.png", "07_chunked_prefill.png",
                                              "07_serving_products.png"]
+    # vLLM's side, as run_attention_in_vllm returns it (its op's timings stand in here: block-wise's, halved)
+    vllm_side = json.loads(json.dumps(a))
+    for p in vllm_side["points"]:
+        p["ms"] = {"blockwise": p["ms"]["blockwise"], "vllm": {k: v / 2 for k, v in p["ms"]["blockwise"].items()
+                                                               if k != "samples"},
+                   "vllm_metadata": p["ms"]["decode_work"]}
+        p["max_abs_diff"], p["vllm_isa"] = {"vllm": 1e-7}, "vec"
+    data["attention"]["vllm"] = vllm_side
+    lines = serving_attention.attention_lines(data)
+    assert any(line.startswith("vLLM's CPU attention op (ISA vec)") for line in lines)
+    assert serving_attention.blockwise_over_vllm(data["attention"]) == pytest.approx({3: 2.0, 17: 2.0})
+    serving_attention.attention_figure(data, "test")
+    data["meta"]["parts"]["attention"]["vllm"] = {"vllm": "0.0", "op": "attention op"}
+    assert "vLLM 0.0's attention op" in serving_report.report(data)
+
+
+def test_the_attention_part_without_vllm_says_why():
+    s = serving.ServingSettings(block_size=4, repeats=1, attention_rows=2, attention_contexts=(5,), kernel_repeats=1)
+    r = serving.run_part("attention", MODEL, s, "/nonexistent-venv", 1, log=lambda *a: None)
+    assert "does not exist" in r["meta"]["vllm"]["absent"] and "vllm" not in r
 
 
 def test_the_chunked_case_is_checked():

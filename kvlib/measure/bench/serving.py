@@ -12,7 +12,8 @@ Parts (each one locked run of a few minutes; they merge into one serving_cpu.jso
   alpaca, sharegpt  offline throughput: all requests at once, engines in turn, repeated, with the spread
   online            Poisson arrivals at several rates: TTFT, TPOT (p50, p99), normalized latency
   profile           where a kvlib engine step's time goes, beside vLLM's; paged vs contiguous attention per layer
-  attention         one layer's decode attention against context: the gather, block-wise (the engine's), contiguous
+  attention         one layer's decode attention against context: the gather, block-wise (the engine's), contiguous;
+                    with vLLM's environment, vLLM's CPU attention op beside block-wise there
   chunked           a long prompt arriving while others decode: their gaps and its TTFT, with and without chunking
   products          one step's weight products, plain addmm against prepacked, at several row counts
   decode            one decode step against context: kvlib's compiled engine beside vLLM's default
@@ -39,16 +40,16 @@ from ...model.loading import random_gpt2
 from ..figures import device_label
 from ..waste import sample_lengths
 from . import serving_chunked, serving_decode
-from .serving_attention import run_attention
+from .serving_attention import run_attention, run_attention_in_vllm
 from .serving_chunked import run_chunked
 from .serving_decode import run_decode
 from .serving_products import run_products
 from .serving_profile import gather_cost
 from .serving_runs import run_offline, run_online, run_profile
-from .vllm_peer import VLLMPeer, find_vllm, save_checkpoint
+from .vllm_peer import VLLMPeer, find_vllm, save_checkpoint, vllm_process_env
 
 PARTS = ("alpaca", "sharegpt", "online", "profile", "attention", "chunked", "products", "decode")
-KERNEL_PARTS = ("attention", "chunked", "products")  # kvlib alone: no request set, no vLLM
+KERNEL_PARTS = ("attention", "chunked", "products")  # no request set; only attention meets vLLM (its op alone)
 TINY_SERVING = dict(n_layer=2, n_head=2, n_embd=128, n_positions=256, vocab_size=512)  # head size 64: vLLM runs it
 
 
@@ -149,15 +150,25 @@ def run_part(part: str, model: GPT2, s: ServingSettings, venv: str | None, threa
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     start = time.perf_counter()
     if part in KERNEL_PARTS:
-        log(f"{part}: kvlib alone")
+        log(f"{part}: kvlib" + (" (and vLLM's attention op where found)" if part == "attention" else " alone"))
+        vllm = {"absent": "not used by this part"}
         if part == "attention":
             result = run_attention(model.config, s.attention_rows, s.attention_contexts, s.block_size,
                                    s.kernel_repeats, log)
+            python, version = find_vllm(venv)
+            vllm = {"absent": version}
+            if python is not None:
+                log(f"attention: vLLM {version}'s op in its environment, beside the block-wise kernel")
+                result["vllm"] = run_attention_in_vllm(python, vllm_process_env(threads), model.config,
+                                                       s.attention_rows, s.attention_contexts, s.block_size,
+                                                       s.kernel_repeats)
+                vllm = {"vllm": version, "op": "cpu_attention_with_kv_cache, in its environment (torch 2.13 there too), "
+                                               "taking turns with the block-wise kernel"}
         elif part == "chunked":
             result = run_chunked(model, s.chunked_case, s.block_size, s.repeats, log)
         else:
             result = run_products(model, s.product_rows, s.kernel_repeats, log)
-        meta = dict(machine(threads), vllm={"absent": "not used by this part"}, elapsed_s=time.perf_counter() - start)
+        meta = dict(machine(threads), vllm=vllm, elapsed_s=time.perf_counter() - start)
         return dict(meta=meta, **result)
     if part == "decode":
         budget = serving_decode.budget_tokens(s.decode_case, s.block_size)

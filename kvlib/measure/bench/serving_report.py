@@ -70,9 +70,11 @@ def machine_lines(data: dict) -> list[str]:
     lines = []
     for part, meta in data.get("meta", {}).get("parts", {}).items():
         v = meta["vllm"]
-        vtext = v.get("absent") or "; ".join(
-            f"{ENGINE_NAMES[k]}: vLLM {i['vllm']} (torch {i['torch']}, {i['torch_threads']} threads, block_size "
-            f"{i['block_size']})" for k, i in v.items())
+        if "absent" in v or "op" in v:  # absent; or one op of vLLM's (the attention part)
+            vtext = v.get("absent") or f"vLLM {v['vllm']}'s {v['op']}"
+        else:
+            vtext = "; ".join(f"{ENGINE_NAMES[k]}: vLLM {i['vllm']} (torch {i['torch']}, {i['torch_threads']} "
+                              f"threads, block_size {i['block_size']})" for k, i in v.items())
         lines.append(f"[{part}] {meta['device']}, {meta['date'][:16]}, {meta['elapsed_s'] / 60:.0f} min; torch "
                      f"{meta['torch']}, transformers {meta['transformers']}; {vtext}")
     return lines

@@ -31,7 +31,7 @@ def find_vllm(venv: str | os.PathLike | None = None) -> tuple[Path | None, str]:
         return None, f"{python} does not exist; {BUILD_HINT}"
     try:
         run = subprocess.run([str(python), "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
-                             text=True, timeout=300, env=_clean_env())
+                             text=True, timeout=300, env=vllm_process_env())
     except subprocess.TimeoutExpired:
         return None, f"importing vllm with {python} took over 300 s"
     if run.returncode != 0:
@@ -47,7 +47,8 @@ def save_checkpoint(model: GPT2, directory: str | os.PathLike) -> Path:
     return directory
 
 
-def _clean_env(threads: int | None = None) -> dict:
+def vllm_process_env(threads: int | None = None) -> dict:
+    """The environment a vLLM subprocess runs in: no PYTHONPATH or VIRTUAL_ENV of ours, offline, one process."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", VLLM_ENABLE_V1_MULTIPROCESSING="0",
                VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
@@ -70,7 +71,7 @@ class VLLMPeer:
                 args += [flag, str(value)]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="kvlib-vllm-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     env=_clean_env(threads), bufsize=1)
+                                     env=vllm_process_env(threads), bufsize=1)
         self.name = "vLLM eager" if enforce_eager else "vLLM default"
 
     def call(self, cmd: dict) -> dict:
