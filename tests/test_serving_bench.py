@@ -177,6 +177,7 @@ def test_a_small_part_without_vllm_writes_only_where_asked(tmp_path, monkeypatch
     assert data["summary"]["alpaca"]["identical_requests"] == {"kvlib_compiled": "4/4", "static_exact": "4/4",
                                                                "static_max": "4/4"}
     # every engine is past a cut-off of 0 s/token after its first rate, so none runs at the second
+    assert set(data["online"]["engines"]) == {"kvlib", "kvlib_compiled", "static_exact"}
     assert all([r["rate"] for r in rows] == [50.0] for rows in data["online"]["engines"].values())
     assert "kvlib LLMEngine" in serving_report.report(data)
     json.dumps(data)  # what --out writes

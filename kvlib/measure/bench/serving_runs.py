@@ -99,7 +99,7 @@ def run_offline(model: GPT2, requests, budget_tokens: int, s, peers: dict, log=p
 
 def run_online(model: GPT2, requests, budget_tokens: int, rates, s, peers: dict, log=print) -> dict:
     factories = local_engines(model, budget_tokens, s)
-    names = ["kvlib", *[n for n in ("vllm_default",) if n in peers], "static_exact"]
+    names = ["kvlib", "kvlib_compiled", *[n for n in ("vllm_default",) if n in peers], "static_exact"]
     _warm_up(names, factories, peers, requests)
     out = {name: [] for name in names}
     for rate in rates:
