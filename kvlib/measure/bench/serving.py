@@ -162,8 +162,8 @@ def run_part(part: str, model: GPT2, s: ServingSettings, venv: str | None, threa
                 result["vllm"] = run_attention_in_vllm(python, vllm_process_env(threads), model.config,
                                                        s.attention_rows, s.attention_contexts, s.block_size,
                                                        s.kernel_repeats)
-                vllm = {"vllm": version, "op": "cpu_attention_with_kv_cache, in its environment (torch 2.13 there too), "
-                                               "taking turns with the block-wise kernel"}
+                vllm = {"vllm": version, "op": "cpu_attention_with_kv_cache, in its environment (torch 2.13 there "
+                                               "too), taking turns with the block-wise kernel"}
         elif part == "chunked":
             result = run_chunked(model, s.chunked_case, s.block_size, s.repeats, log)
         else:

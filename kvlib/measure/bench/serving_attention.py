@@ -176,7 +176,8 @@ def run_attention_in_vllm(python: Path, env: dict, config: GPT2Config, rows: int
     args = dict(n_embd=config.n_embd, n_head=config.n_head, n_kv_head=config.n_kv_head, rows=rows,
                 contexts=list(contexts), block_size=block_size, repeats=repeats)
     run = subprocess.run([str(python), "-m", "kvlib.measure.bench.serving_attention", json.dumps(args)],
-                         capture_output=True, text=True, timeout=timeout_s, cwd=root, env={**env, "PYTHONPATH": str(root)})
+                         capture_output=True, text=True, timeout=timeout_s, cwd=root,
+                         env={**env, "PYTHONPATH": str(root)})
     if run.returncode != 0:
         raise RuntimeError(f"vLLM's attention op could not be timed ({python}): "
                            + "\n".join(run.stderr.strip().splitlines()[-8:]))
@@ -219,7 +220,8 @@ def attention_lines(data: dict) -> list[str]:
     if v:
         lines += [f"vLLM's CPU attention op (ISA {v['points'][0]['vllm_isa']}) taking turns with block-wise in vLLM's "
                   f"environment, same K/V; ms per layer, median (min-max):",
-                  f"  {'context':>7s}  {'block-wise':>22s}  {'vLLM op':>22s}  block-wise/vLLM  vLLM metadata (per step)"]
+                  f"  {'context':>7s}  {'block-wise':>22s}  {'vLLM op':>22s}  block-wise/vLLM"
+                  "  vLLM metadata (per step)"]
         for p in v["points"]:
             m = p["ms"]
             cells = "  ".join(f"{m[k]['median']:7.3f} ({m[k]['min']:6.3f}-{m[k]['max']:6.3f})" for k in VLLM_METHODS)
