@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from ..cache.paged.cache import PagedKVCache
 from ..cache.paged.decode_kernel import DecodeWork, decode_work, paged_decode_attention
+from ..cache.paged.layout import HEAD_DIMS
 from ..config import GPT2Config
 from ..model.gpt2 import GPT2
 from .input_batch import PackedBatch
@@ -92,8 +93,8 @@ class CompiledDecodeStep:
     def __init__(self, model: GPT2, products: GPT2Products, kv_cache: PagedKVCache, padding_block: int) -> None:
         self.model, self.products, self.kv_cache, self.padding_block = model, products, kv_cache, padding_block
         for cache in (*kv_cache.key_cache, *kv_cache.value_cache):  # (N, nkv, S, hs): heads, head size compiled in
-            torch._dynamo.mark_static(cache, 1)
-            torch._dynamo.mark_static(cache, 3)
+            for d in HEAD_DIMS:
+                torch._dynamo.mark_static(cache, d)
 
     def __call__(self, batch: PackedBatch) -> torch.Tensor:
         """A step of decode rows only: writes each row's K/V, returns logits (R, V)."""

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .layout import read_slots, token_slots
+from .layout import head_shape, read_slots, token_slots
 
 NEG_INF = float("-inf")
 
@@ -53,7 +53,7 @@ def check_paged_inputs(query, key_cache, value_cache, block_tables, seq_lens, qu
                          "(num_blocks, kv_heads, block_size, head_dim)")
     if query.shape[-1] != key_cache.shape[-1] or query.shape[1] % key_cache.shape[1]:
         raise ValueError(f"query heads {tuple(query.shape[1:])} do not fit the pool's (kv_heads, head_dim) "
-                         f"{(key_cache.shape[1], key_cache.shape[3])}: heads must be a multiple of kv_heads")
+                         f"{head_shape(key_cache)}: heads must be a multiple of kv_heads")
     R = len(seq_lens)
     if block_tables.dim() != 2 or block_tables.shape[0] != R or query_start_loc.shape != (R + 1,):
         raise ValueError(f"block_tables must be (rows, width) and query_start_loc (rows + 1,) for {R} rows")

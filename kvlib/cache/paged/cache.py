@@ -23,7 +23,7 @@ import torch
 from ...config import GPT2Config
 from ..contiguous import resolve_crop
 from .block_manager import blocks_needed
-from .layout import read_slots, token_slots, write_slots
+from .layout import head_shape, read_slots, token_slots, write_slots
 
 
 class PagedKVCache:
@@ -106,7 +106,7 @@ class PagedKVCache:
         if not 0 <= layer_idx < self.n_layer:
             raise ValueError(f"layer_idx must be in 0..{self.n_layer - 1}, got {layer_idx}")
         R, nkv, T_new, hs = key_states.shape
-        held = (self.key_cache[0].shape[1], self.key_cache[0].shape[3])
+        held = head_shape(self.key_cache[0])
         if (nkv, hs) != held:
             raise ValueError(f"this PagedKVCache holds (heads, head_dim) = {held}, got {(nkv, hs)}")
         if not self._prepared and layer_idx == 0:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.fx.experimental._config as shape_config
 
+from .layout import HEAD_DIMS, head_shape
+
 NEG_INF = float("-inf")
 
 
@@ -100,11 +102,10 @@ def compiled_decode_attention(query: torch.Tensor, key_cache: torch.Tensor, valu
         if R < 2 or I < 2 or W < 2 or not all(t.is_inference() for t in args):
             args = _pad([t.clone() for t in args], R, I, W) if (R < 2 or I < 2 or W < 2) else [t.clone() for t in args]
         query, seq_lens, block, row, first_pos, merge_index = args
-        for t, dims in ((query, (1, 2)), (key_cache, (1, 3)), (value_cache, (1, 3))):
+        for t, dims in ((query, (1, 2)), (key_cache, HEAD_DIMS), (value_cache, HEAD_DIMS)):
             for d in dims:
                 torch._dynamo.mark_static(t, d)
-        key = (query.dtype, tuple(query.shape[1:]), (key_cache.shape[1], key_cache.shape[3]),
-               key_cache.is_inference())
+        key = (query.dtype, tuple(query.shape[1:]), head_shape(key_cache), key_cache.is_inference())
         if key in _compiled_for:
             return _compiled(query, key_cache, value_cache, seq_lens, block, row, first_pos, merge_index)[:R]
         # While it compiles: no duck sizing, and room for one compilation per head layout and dtype (the default

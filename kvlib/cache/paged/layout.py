@@ -16,6 +16,13 @@ from __future__ import annotations
 
 import torch
 
+HEAD_DIMS = (1, 3)  # the pool's dims of K/V heads and head size: what a model fixes (blocks and slots vary)
+
+
+def head_shape(pool: torch.Tensor) -> tuple[int, int]:
+    """(nkv, hs) of one layer's pool (N, nkv, S, hs)."""
+    return pool.shape[HEAD_DIMS[0]], pool.shape[HEAD_DIMS[1]]
+
 
 def token_slots(block_tables: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
     """The slot of each token position through a block table: (W,) or (R, W) tables, (T,) positions -> (T,) or
