@@ -112,6 +112,14 @@ def test_decomposition_multiplies_out():
     assert d["fewer_steps"] == 3 and d["per_step_time"] == pytest.approx(0.8) and d["speedup"] == pytest.approx(2.4)
 
 
+def test_engine_ratios_pair_repeat_with_repeat():
+    """One slow repeat of one engine moves the ratio of medians (2.0 here), not the median of paired ratios."""
+    engines = {"a": {"tokens_per_s": {"values": [10.0, 20.0, 30.0]}},
+               "b": {"tokens_per_s": {"values": [10.0, 10.0, 40.0]}}}
+    assert serving_report.ratio(engines, "a", "b") == dict(median=1.0, min=0.75, max=2.0)
+    assert serving_report.ratio(engines, "a", "c") is None
+
+
 def test_token_comparison_reports_a_difference_with_its_logit_gap():
     ours = alone(REQUESTS[:2])
     theirs = [list(ours[0]), ours[1][:1] + [(ours[1][1] + 1) % 97] + ours[1][2:]]
