@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import kvlib
 from kvlib.serving import LLMEngine, SamplingParams
-from kvlib.serving.sampling import top_k_top_p_filter
+from kvlib.serving.sampling import argmax_rows, top_k_top_p_filter
 from serving_support import run_engine
 
 # float64: batched and single-request logits differ by ~1e-15, so a greedy tie can never flip a token here.
@@ -172,6 +172,16 @@ def test_top_k_top_p_filter_equals_transformers_warpers():
         if top_p < 1:
             want = TopPLogitsWarper(top_p)(None, want)
         assert torch.equal(torch.isinf(top_k_top_p_filter(logits, top_k, top_p)), torch.isinf(want))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.integers(1, 5), vocab=st.integers(1, 300), chunk=st.integers(1, 40), data=st.data())
+def test_argmax_rows_equals_torch_argmax(rows, vocab, chunk, data):
+    """Ties (few distinct values), infinities and NaN included: the same index as torch.argmax, the first maximum."""
+    values = st.sampled_from([0.0, 1.0, 2.0, -1.0, float("inf"), float("-inf"), float("nan")])
+    logits = torch.tensor(data.draw(st.lists(values, min_size=rows * vocab, max_size=rows * vocab))).view(rows, vocab)
+    assert torch.equal(argmax_rows(logits, chunk), logits.argmax(dim=-1))
+    assert torch.equal(argmax_rows(logits.t().contiguous().t(), chunk), logits.argmax(dim=-1))  # rows not contiguous
 
 
 BAD_SAMPLING = [

@@ -87,11 +87,31 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def argmax_rows(logits: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """logits.argmax(dim=-1) of (R, V) rows -> (R,), the same indices (the first of tied maxima; NaN counts as the
+    largest, as in torch.argmax), in two passes that vectorise: each chunk's max, then an argmax over only the chunk
+    that holds the row's first maximum (the first chunk whose max is the row's max).
+
+    Why: torch.argmax on CPU walks each row number by number. At 32 rows of GPT-2's 50,257 logits it took 1.04 ms
+    against 0.20 ms here (2 threads, this project's CPU, 2026-12-06), in a decode step of about 30 ms."""
+    R, V = logits.shape
+    K = V // chunk  # whole chunks; the last V - K * chunk logits are one more, shorter, chunk
+    if K < 2:
+        return logits.argmax(dim=-1)
+    logits = logits if logits.stride(-1) == 1 else logits.contiguous()
+    chunk_max = logits[:, :K * chunk].view(R, K, chunk).amax(dim=-1)  # (R, K)
+    if V > K * chunk:
+        chunk_max = torch.cat([chunk_max, logits[:, K * chunk:].amax(dim=-1, keepdim=True)], dim=1)  # (R, K + 1)
+    start = chunk_max.argmax(dim=-1) * chunk  # (R,) first position of the chunk holding the row's first maximum
+    cols = (start[:, None] + torch.arange(chunk, device=logits.device)).clamp(max=V - 1)  # (R, chunk): past V, V - 1
+    return start + logits.gather(1, cols).argmax(dim=-1)  # a repeated V - 1 comes after its first place: never first
+
+
 def sample_tokens(logits: torch.Tensor, params: list[SamplingParams],
                   generators: list[torch.Generator | None]) -> list[int]:
     """The next token of each of the R rows: greedy rows by one argmax, sampled rows one by one (each its own
     generator)."""
-    tokens = logits.argmax(dim=-1).tolist()  # (R,)
+    tokens = argmax_rows(logits).tolist()  # (R,)
     for r, p in enumerate(params):
         if not p.greedy:
             tokens[r] = sample_token(logits[r:r + 1], p, generators[r])
