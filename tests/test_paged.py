@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 import kvlib
 from kvlib.cache.paged import BlockManager, PagedKVCache, Sequence
+from kvlib.measure.allocation import cache_storage_bytes
 
 FAST = settings(max_examples=25, deadline=None)
 MODEL = kvlib.random_gpt2(kvlib.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=256, vocab_size=97), seed=1)
@@ -147,6 +148,17 @@ def test_pool_layout_holds_n_kv_head_heads(tiny_config):
     cache = PagedKVCache(tiny_config, num_blocks=5, block_size=3)
     assert cache.key_cache[0].shape == (5, tiny_config.n_kv_head, 3, tiny_config.head_dim)  # (N, nkv, S, hs)
     assert cache.nbytes_allocated == 2 * tiny_config.n_layer * 5 * 3 * tiny_config.n_embd * 4
+
+
+def test_every_layer_lives_in_one_pool_tensor(tiny_config):
+    """key_cache[i] and value_cache[i] are kv_pool[0, i] and kv_pool[1, i]: one allocation, nothing more."""
+    L, nkv, hs = tiny_config.n_layer, tiny_config.n_kv_head, tiny_config.head_dim
+    cache = PagedKVCache(tiny_config, num_blocks=5, block_size=3)
+    assert cache.kv_pool.shape == (2, L, 5, nkv, 3, hs)  # (2, L, N, nkv, S, hs)
+    cache.value_cache[L - 1][4, nkv - 1, 2] = 7.0
+    cache.key_cache[0][1, 0, 0] = -1.0
+    assert (cache.kv_pool[1, L - 1, 4, nkv - 1, 2] == 7).all() and (cache.kv_pool[0, 0, 1, 0, 0] == -1).all()
+    assert cache_storage_bytes(cache) == cache.kv_pool.nbytes == cache.nbytes_allocated
 
 
 def test_a_slot_is_a_block_and_an_offset_in_every_head():

@@ -100,11 +100,14 @@ class BlockManager:
         parent = None
         for i in range(seq.num_computed_tokens // bs):
             b = seq.block_table[i]
+            if self.block_hash[b] is not None:  # already cached: its hash names this same prefix, no need to rehash
+                parent = self.block_hash[b]
+                continue
             end = (i + 1) * bs
             h = self.hash_fn(parent, tuple(seq.token_ids[end - bs:end]))
             parent = h
-            if self.block_hash[b] is not None or h in self.hash_to_block:
-                continue  # already cached (this block, or an identical prefix computed by another request)
+            if h in self.hash_to_block:
+                continue  # an identical prefix computed by another request
             self.block_hash[b] = h
             self.block_prefix[b] = tuple(seq.token_ids[:end])
             self.hash_to_block[h] = b

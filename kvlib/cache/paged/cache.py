@@ -39,8 +39,12 @@ class PagedKVCache:
         self.num_blocks, self.block_size, self.n_layer = num_blocks, block_size, config.n_layer
         shape = (num_blocks, config.n_kv_head, block_size, config.head_dim)  # (N, nkv, S, hs)
         dtype = dtype or torch.get_default_dtype()
-        self.key_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
-        self.value_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        # One allocation for every layer's K and V, as nano-vllm's ModelRunner.allocate_kv_cache makes it: the
+        # compiled decode step takes it as a single input. Each layer's key_cache[i] / value_cache[i] (N, nkv, S, hs)
+        # shares its memory; detached, so that to autograd each is a tensor of its own, as if allocated alone.
+        self.kv_pool = torch.zeros((2, config.n_layer, *shape), dtype=dtype, device=device)  # (2, L, N, nkv, S, hs)
+        self.key_cache = [self.kv_pool[0, i].detach() for i in range(config.n_layer)]
+        self.value_cache = [self.kv_pool[1, i].detach() for i in range(config.n_layer)]
         self._prepared = False
         self._alone = False
         # Used alone: one block table per row, blocks handed out from a free list.
