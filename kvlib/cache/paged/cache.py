@@ -4,11 +4,11 @@ Shapes: R rows (sequences) in one forward, T_new new tokens per row (rows with f
 T_k keys gathered per row (its cached + new tokens, padded to the longest row), nkv K/V heads, hs head size,
 N num_blocks, S block_size.
 
-Per layer, `key_cache[layer]` and `value_cache[layer]` are (N, nkv, S, hs), each block stored head by head
-(kvlib.cache.paged.layout): token i of a sequence lives in block block_table[i // S] at offset i % S, slot
-block * S + offset. `update` writes the new tokens' K/V to their slots, then gathers each row's slots into a
-(R, nkv, T_k, hs) tensor for attention: the gather is what a paged attention kernel avoids by reading the blocks in
-place.
+Per layer, `key_cache[layer]` and `value_cache[layer]` are (N, nkv, S, hs), parts of one tensor `kv_pool`
+(2, L, N, nkv, S, hs), each block stored head by head (kvlib.cache.paged.layout): token i of a sequence lives in
+block block_table[i // S] at offset i % S, slot block * S + offset. `update` writes the new tokens' K/V to their
+slots, then gathers each row's slots into a (R, nkv, T_k, hs) tensor for attention: the gather is what a paged
+attention kernel avoids by reading the blocks in place.
 
 Two ways to drive it:
 - the serving engine calls `prepare(block_tables, context_lens, query_lens)` before each forward and passes
