@@ -174,6 +174,17 @@ def test_a_slot_is_a_block_and_an_offset_in_every_head():
     assert torch.equal(read_slots(pool, slots.view(1, 3)), states[None])  # (*slots.shape, nkv, hs)
 
 
+def test_writing_one_layer_of_the_whole_pool_equals_writing_its_k_and_v_pools():
+    from kvlib.cache.paged.layout import write_layer_slots, write_slots
+    L, N, nkv, S, hs = 3, 4, 3, 5, 2
+    kv_pool, want = torch.zeros(2, L, N, nkv, S, hs), torch.zeros(2, L, N, nkv, S, hs)
+    slots, k, v = torch.tensor([17, 3, 9]), torch.randn(3, nkv, hs), torch.randn(3, nkv, hs)
+    write_layer_slots(kv_pool, 1, slots, k, v)
+    write_slots(want[0, 1], slots, k)
+    write_slots(want[1, 1], slots, v)
+    assert torch.equal(kv_pool, want)
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_generate_paged_equals_dynamic_and_static(tiny_model, batch):
     ids = torch.randint(0, 97, (batch, 9), generator=torch.Generator().manual_seed(batch))

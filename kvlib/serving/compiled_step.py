@@ -19,8 +19,8 @@ Costs and rules:
   checks every step).
 - The pool is one input, (2, L, N, nkv, S, hs) (PagedKVCache.kv_pool), not 2L per-layer tensors: every call passes
   each input's symbolic sizes and checks its guards (24 tensors cost 0.15-0.28 ms a step more here, measured on a
-  small model). Each new K/V is written by one index_put on that input, in place; written through a view of it,
-  the compiled step would copy the whole pool.
+  small model). Each new K/V is written into it by kvlib.cache.paged.layout.write_layer_slots, in place (written
+  through a view of it, the compiled step would copy the whole pool).
 
 Proven equal to the eager step, token for token: tests/test_compiled_step.py.
 
@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from ..cache.paged.cache import PagedKVCache
 from ..cache.paged.decode_kernel import DecodeWork, decode_work, paged_decode_attention
-from ..cache.paged.layout import HEAD_DIMS
+from ..cache.paged.layout import HEAD_DIMS, write_layer_slots
 from ..config import GPT2Config
 from ..model.gpt2 import GPT2
 from .input_batch import PackedBatch
@@ -58,15 +58,8 @@ class DecodeGraph(nn.Module):
         -> logits (R, V)."""
         work = DecodeWork(block, row, first_pos, merge_index)
 
-        nkv, S, device = kv_pool.shape[3], kv_pool.shape[4], slot_mapping.device
-        kind = torch.arange(2, device=device)[:, None, None]  # (2, 1, 1): K, V
-        heads = torch.arange(nkv, device=device)  # (nkv,)
-        slot_block, offset = (slot_mapping // S)[:, None], (slot_mapping % S)[:, None]  # (R, 1)
-
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            # Each row's new K and V into pool[K or V, layer i, its block, every head, its offset].
-            index = (kind, torch.full_like(kind, i), slot_block, heads, offset)  # broadcast to (2, R, nkv)
-            kv_pool.index_put_(index, torch.stack([k, v]).to(kv_pool.dtype))  # (2, R, nkv, hs)
+            write_layer_slots(kv_pool, i, slot_mapping, k, v)
             return paged_decode_attention(q, kv_pool[0, i], kv_pool[1, i], seq_lens, work)  # (R, nh, hs)
 
         h = self.transformer

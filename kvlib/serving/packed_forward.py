@@ -25,9 +25,10 @@ import torch
 from ..cache.paged.cache import PagedKVCache
 from ..cache.paged.decode_kernel import decode_work
 from ..cache.paged.fast_attention import ATTENTION_BACKENDS, paged_attention
+from ..cache.paged.layout import write_layer_slots
 from ..model.gpt2 import GPT2
 from .input_batch import PackedBatch
-from .packed_layers import gpt2_layers, write_kv
+from .packed_layers import gpt2_layers
 from .prepacked import GPT2Products
 
 
@@ -72,7 +73,7 @@ class PackedGPT2:
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             key_cache, value_cache = self.kv_cache.key_cache[i], self.kv_cache.value_cache[i]  # (N, nkv, S, hs)
-            write_kv(key_cache, value_cache, batch.slot_mapping, k, v)
+            write_layer_slots(self.kv_cache.kv_pool, i, batch.slot_mapping, k, v)
             return paged_attention(q, k, v, key_cache, value_cache,
                                    batch.block_tables, batch.seq_lens, batch.query_start_loc,
                                    num_decode_rows=D, query_lens=batch.query_lens, context_lens=batch.context_lens,

@@ -12,7 +12,6 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..cache.paged.layout import write_slots
 from ..config import GPT2Config
 from .prepacked import GPT2Products
 
@@ -35,10 +34,3 @@ def gpt2_layers(cfg: GPT2Config, transformer: nn.Module, products: GPT2Products,
         x = x + out_proj(y)
         x = x + fc_proj(fc(block.ln_2(x)))
     return products.lm_head(transformer.ln_f(x))  # (T or R_out, V)
-
-
-def write_kv(key_cache: torch.Tensor, value_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor,
-             v: torch.Tensor) -> None:
-    """Each new token's K and V (T, nkv, hs) into its slot of one layer's pool (N, nkv, S, hs)."""
-    write_slots(key_cache, slot_mapping, k)
-    write_slots(value_cache, slot_mapping, v)

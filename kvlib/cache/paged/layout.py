@@ -41,3 +41,15 @@ def write_slots(pool: torch.Tensor, slots: torch.Tensor, states: torch.Tensor) -
     `reshape_and_cache`)."""
     S = pool.shape[2]
     pool[slots // S, :, slots % S] = states.to(pool.dtype)
+
+
+def write_layer_slots(kv_pool: torch.Tensor, layer: int, slots: torch.Tensor, key: torch.Tensor,
+                      value: torch.Tensor) -> None:
+    """New tokens' K and V (T, nkv, hs) into their slots (T,) of one layer of the whole pool (2, L, N, nkv, S, hs),
+    in place: kv_pool[K or V, layer, slot's block, every head, slot's offset]. One index_put on the pool itself, not
+    on a view of it: in a compiled step, writing through a view of the graph's input copies the whole input."""
+    nkv, S, device = kv_pool.shape[3], kv_pool.shape[4], slots.device
+    kind = torch.arange(2, device=device)[:, None, None]  # (2, 1, 1): K, V
+    index = (kind, torch.full_like(kind, layer), (slots // S)[:, None], torch.arange(nkv, device=device),
+             (slots % S)[:, None])  # broadcast to (2, T, nkv)
+    kv_pool.index_put_(index, torch.stack([key, value]).to(kv_pool.dtype))  # (2, T, nkv, hs)
