@@ -94,6 +94,29 @@ def test_prepacked_linear_equals_addmm_and_follows_weight_changes():
         PrepackedLinear(w, b, activation="relu")
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 9])
+def test_prepacked_linear_takes_the_nk_layout_up_to_small_rows_and_equals_addmm_on_both_sides(rows, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    w, b = torch.randn(64, 96, generator=g), torch.randn(96, generator=g)
+    x = torch.randn(rows, 64, generator=g)
+    lin, gelu = PrepackedLinear(w, b), PrepackedLinear(w, b, activation="gelu_tanh")
+    if not lin.fast:
+        pytest.skip("oneDNN is not available here")
+    onednn = torch.ops.mkldnn._linear_pointwise
+    calls = []
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or onednn(*a))
+    want = torch.addmm(b, x, w)
+    torch.testing.assert_close(lin(x), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gelu(x), torch.nn.functional.gelu(want, approximate="tanh"), atol=1e-5, rtol=1e-5)
+    assert len(calls) == (2 if rows > lin.small_rows else 0)  # oneDNN only above SMALL_ROWS rows
+    torch.testing.assert_close(lin.weight_nk, w.t())
+    head = torch.randn(96, 64, generator=g)  # an (N, K) weight given as its (K, N) view, as the LM head is
+    assert PrepackedLinear(head.t(), None).weight_nk.data_ptr() == head.data_ptr()  # no copy
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="small_rows"):
+            PrepackedLinear(w, b, small_rows=bad)
+
+
 def test_forward_sees_weights_changed_after_the_engine_was_built():
     model = kvlib.random_gpt2(CONFIG, seed=3)
     cache = PagedKVCache(CONFIG, 8, BLOCK)

@@ -4,14 +4,16 @@ dynamic in the number of tokens), for kvlib's packed forward.
 Why: run eagerly, a step dispatches some twenty ops per layer from Python, and the layer norms, residual adds and
 the attention's small ops each make a pass over memory of their own. Compiled, the whole step is one call: the
 compiler fuses the elementwise work into the loops around it, writes the attention as the loops of
-kvlib.cache.paged.decode_kernel (K/V read in place), and calls the same prepacked oneDNN products, their weights
-frozen into the graph as constants (inductor's `freezing`). The graph is the same `gpt2_layers`
+kvlib.cache.paged.decode_kernel (K/V read in place), and calls the same products as the eager step (oneDNN's
+prepacked ones; MKL's over (out, in) weights for up to three rows: kvlib.serving.prepacked), their weights frozen
+into the graph as constants (inductor's `freezing`). The row test of the products is a guard, so a model gets two
+graphs: one for steps of up to three rows, one for more. The graph is the same `gpt2_layers`
 (kvlib.serving.packed_layers) the eager step runs.
 
 Costs and rules:
-- Compiling takes tens of seconds, once per model and process (inductor also caches on disk), so kvlib's engine
-  runs eagerly unless asked (`LLMEngine(..., enforce_eager=False)`), unlike vLLM. Mixed steps (a prompt chunk in
-  them) always run eagerly: one graph for decode rows covers almost every step of a serving run.
+- Compiling takes tens of seconds, once per model and process for each of the two graphs (inductor also caches on
+  disk), so kvlib's engine runs eagerly unless asked (`LLMEngine(..., enforce_eager=False)`), unlike vLLM. Mixed
+  steps (a prompt chunk in them) always run eagerly: the graphs for decode rows cover almost every step of a run.
 - The number of rows, of work items and of blocks per row stay symbolic; the compiler specialises sizes 0 and 1, so
   a step with one row (or one block per row) gets a padding row: one token in a block that no request owns
   (`padding_block`), whose logits are dropped.
@@ -110,12 +112,14 @@ class CompiledDecodeStep:
             self.padding_block, kv.block_size)
         work = decode_work(block_tables, seq_lens, kv.block_size)
         graph = _compiled_graph(self.model, self.products)
-        # No guard on sizes that happen to be equal (duck sizing): one compilation serves every step. Freezing: the
-        # weights become constants of the graph (the prepacked products need it). The C++ wrapper: the graph's ~100
-        # kernel calls made from generated C++ rather than Python (about a millisecond a step here).
+        # No guard on sizes that happen to be equal (duck sizing): one compilation serves every step of more than
+        # three rows, another every smaller one. Freezing: the weights become constants of the graph (the prepacked
+        # products need it). No weight_prepack: inductor's own pass would turn the small steps' (N, K) products back
+        # into oneDNN's. The C++ wrapper: the graph's ~100 kernel calls made from generated C++ rather than Python
+        # (about a millisecond a step here).
         with shape_config.patch(use_duck_shape=False, backed_size_oblivious=True), \
                 torch._dynamo.config.patch(recompile_limit=64), \
-                torch._inductor.config.patch(freezing=True, cpp_wrapper=True):
+                torch._inductor.config.patch({"freezing": True, "cpp_wrapper": True, "cpp.weight_prepack": False}):
             logits = graph(kv.kv_pool, input_ids, positions, slot_mapping, seq_lens, work.block, work.row,
                            work.first_pos, work.merge_index)
         return logits[:R]  # (R, V): the padding row's dropped
