@@ -248,6 +248,7 @@ def test_the_parts_that_measure_kvlib_alone_run_small_and_check_what_they_time(t
     p = data["products"]
     assert p["products"] == 2 * 4 + 1 and [x["rows"] for x in p["points"]] == [1, 3]
     assert all(x["max_rel_diff"] <= p["agree_within"] for x in p["points"])
+    assert all(set(x["ms"]) == {"plain", "prepacked", "onednn"} for x in p["points"])
     parts = data["meta"]["parts"]
     assert all(parts[p]["vllm"] == {"absent": "not used by this part"} for p in ("chunked", "products"))
     assert "no vLLM environment named" in parts["attention"]["vllm"]["absent"] and "vllm" not in a

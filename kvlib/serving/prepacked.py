@@ -98,16 +98,19 @@ class PlainLinear(nn.Module):
 
 class GPT2Products(nn.Module):
     """Every weight product of a GPT-2, per layer (qkv, attention output, MLP in with its GELU, MLP out) and the LM
-    head (tied to wte), prepacked or plain. One per (model, prepack), shared: `GPT2Products.for_model`."""
+    head (tied to wte), prepacked or plain. One per (model, prepack), shared: `GPT2Products.for_model` (the engine's:
+    small_rows=SMALL_ROWS; the serving bench also builds one with small_rows=0, oneDNN's layout at every size)."""
 
     _cache: "weakref.WeakKeyDictionary[nn.Module, dict[bool, GPT2Products]]" = weakref.WeakKeyDictionary()
 
-    def __init__(self, model: nn.Module, prepack: bool = True) -> None:
+    def __init__(self, model: nn.Module, prepack: bool = True, small_rows: int = SMALL_ROWS) -> None:
         super().__init__()
         self.prepack = prepack
         if prepack:
-            make = lambda m, act="none": PrepackedLinear(m.weight, m.bias, activation=act)  # noqa: E731
-            self.lm_head = PrepackedLinear(model.lm_head.weight.t(), None)  # (C, V) view of the (V, C) weight
+            make = lambda m, act="none": PrepackedLinear(m.weight, m.bias, activation=act,  # noqa: E731
+                                                         small_rows=small_rows)
+            # (C, V) view of the (V, C) weight
+            self.lm_head = PrepackedLinear(model.lm_head.weight.t(), None, small_rows=small_rows)
         else:
             make = PlainLinear
             self.lm_head = model.lm_head

@@ -15,7 +15,7 @@ Parts (each one locked run of a few minutes; they merge into one serving_cpu.jso
   attention         one layer's decode attention against context: the gather, block-wise (the engine's), contiguous;
                     with vLLM's environment, vLLM's CPU attention op beside block-wise there
   chunked           a long prompt arriving while others decode: their gaps and its TTFT, with and without chunking
-  products          one step's weight products, plain addmm against prepacked, at several row counts
+  products          one step's weight products, plain addmm, the engine's and oneDNN's layout, at several row counts
   decode            one decode step against context: kvlib's compiled engine beside vLLM's default
 vLLM runs where a venv with it is named (--vllm-venv DIR or KVLIB_VLLM_VENV); otherwise the bench says why and
 measures the rest. Build one with `python -m kvlib.measure.bench.vllm_env DIR`.
@@ -73,7 +73,7 @@ class ServingSettings:
     attention_rows: int = 16  # --part attention: decode rows, and contexts (tokens per row), log-spaced
     attention_contexts: tuple = (32, 58, 106, 192, 349, 635, 1155, 2048)
     kernel_repeats: int = 15  # --part attention and products: interleaved samples per point
-    product_rows: tuple = (1, 3, 8, 16, 32, 48)  # --part products
+    product_rows: tuple = (1, 2, 3, 4, 8, 16, 32, 48)  # --part products
     chunked_case: dict = field(default_factory=lambda: dict(serving_chunked.CASE))  # --part chunked
     decode_case: dict = field(default_factory=lambda: dict(serving_decode.CASE))  # --part decode
 
