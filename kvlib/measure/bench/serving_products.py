@@ -98,7 +98,9 @@ def products_figure(data: dict, device: str = ""):
                                ("prepacked", "tab:blue", "the engine: MKL over (out, in) up to 3 rows, then oneDNN")):
         if name in p["points"][0]["ms"]:  # runs before 2026-12-06 timed two
             spread_errorbar(ax, rows, [x["ms"][name] for x in p["points"]], color=color, label=label)
+    ax.set_xscale("log", base=2)  # the few-row end, where the layouts part, spread out
     ax.set_xticks(rows, [str(r) for r in rows])
-    ax.set(ylim=(0, None), xlabel="rows (tokens in the step)", ylabel="ms per step, all products")
+    ax.minorticks_off()
+    ax.set(ylim=(0, None), xlabel="rows (tokens in the step), log scale", ylabel="ms per step, all products")
     return finish_side_by_side(fig, [ax], f"The {p['products']} weight products of one step, fp32: median, whiskers "
                                           f"min-max of {p['repeats']} repeats\n{device}")
