@@ -9,9 +9,9 @@ a GPT-2-small step about 1.2-1.3x faster at 16-48 rows, 1.3-1.5x at 3-8 rows, an
 
 With one to three rows a product is almost a matrix-vector product: it reads every weight once and does little
 else, and MKL's `sgemm` streams an (out, in) weight, one output's inputs after another, faster than oneDNN reads its
-blocked layout. Measured here (2026-12-06, kvlib 332fe90, the 49 products of a GPT-2-small step, medians of 25 taken
-in turns): 14.7 against 16.5 ms at 1 row, 15.9 against 17.5 at 2, 18.2 against 19.3 at 3, but 29.6 against 20.8 at
-4 rows (MKL changes kernels there): so up to `SMALL_ROWS` rows the plain layout, above it the blocked one. In the
+blocked layout. Measured here (2026-12-06, the 49 products of a GPT-2-small step, medians of 25 taken in turns, two
+runs an hour apart): 0.89-0.96x oneDNN's time at 1 and 2 rows, 0.94-0.97x at 3, but 1.4x at 4 rows (MKL changes
+kernels there; 29.6 against 20.8 ms): so up to `SMALL_ROWS` rows the plain layout, above it the blocked one. In the
 engine's compiled decode step, taken in turns in one process: 0.95x the step at 2 rows, 0.96x at 3. The price is a
 second copy of the layers' weights (4 bytes per weight: 340 MB for GPT-2 small; the LM head's (out, in) weight is
 wte itself, no copy). The ShareGPT-like requests of the serving bench spend half their steps at three rows or fewer.
