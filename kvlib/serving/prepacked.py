@@ -73,14 +73,14 @@ class PrepackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(T, K) -> (T, N). In a compiled graph the row test is a guard: one graph for each side of it."""
-        if self.fast and x.shape[0] > self.small_rows:
-            if self.activation == "gelu_tanh":
-                return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], "tanh")
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        if self.fast:
-            y = F.linear(x, self.weight_nk, self.bias)  # (T, N): MKL's sgemm over the (N, K) weight
-        else:
+        if not self.fast:
             y = x @ self.packed if self.bias is None else torch.addmm(self.bias, x, self.packed)  # (T, N)
+        elif x.shape[0] <= self.small_rows:
+            y = F.linear(x, self.weight_nk, self.bias)  # (T, N): MKL's sgemm over the (N, K) weight
+        elif self.activation == "gelu_tanh":
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], "tanh")
+        else:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.gelu(y, approximate="tanh") if self.activation == "gelu_tanh" else y
 
 
